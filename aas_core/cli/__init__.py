@@ -1,0 +1,75 @@
+"""`python -m aas_core GROUP COMMAND ... [--json]`: one subcommand group per engine.
+
+Each group module exposes `register(subparsers)`; a command handler returns a JSON-ready dict
+(printed as one object with --json) and raises AASError/ValueError for user mistakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Callable, Optional, Sequence
+
+from aas_core.errors import AASError, Cancelled
+
+GROUPS: tuple[str, ...] = ("weights",)
+"""Modules under aas_core.cli, each adding one subcommand group."""
+
+Handler = Callable[[argparse.Namespace], dict]
+
+
+def add_command(
+    group: "argparse._SubParsersAction", name: str, handler: Handler, help: str
+) -> argparse.ArgumentParser:
+    """Add a command with the shared --json flag; `handler(args) -> dict` runs it."""
+    parser = group.add_parser(name, help=help, description=help)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every group registered)."""
+    parser = argparse.ArgumentParser(prog="python -m aas_core", description="Animate-A-Story engine")
+    sub = parser.add_subparsers(dest="group", required=True)
+    for name in GROUPS:
+        importlib.import_module(f"aas_core.cli.{name}").register(sub)
+    return parser
+
+
+def _print_human(result: dict) -> None:
+    text = result.pop("_text", None)
+    if text is not None:
+        print(text)
+        return
+    for key, value in result.items():
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value, indent=2, default=str)
+        print(f"{key}: {value}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the process exit code (2 for user errors, 130 when cancelled)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: finished work was kept; rerun the same command to continue", file=sys.stderr)
+        return 130
+    except (AASError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": str(exc), "error_type": type(exc).__name__}))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        result.pop("_text", None)
+        print(json.dumps({"ok": True, **result}, default=str))
+    else:
+        _print_human(result)
+    return 0

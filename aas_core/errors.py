@@ -1,0 +1,23 @@
+"""Exceptions the engines raise; each message says what the user should do next."""
+
+from __future__ import annotations
+
+
+class AASError(Exception):
+    """Base class for every error the product reports to a user."""
+
+
+class InputError(AASError, ValueError):
+    """Bad user input (file, prompt, setting): the message names the fix."""
+
+
+class WeightsMissingError(AASError, FileNotFoundError):
+    """A model is not in the weights folder: the message names the download command."""
+
+
+class WeightsCorruptError(AASError, ValueError):
+    """A model's files are present but cannot be loaded."""
+
+
+class Cancelled(AASError):
+    """The user cancelled a long-running job."""

@@ -1,0 +1,145 @@
+"""The weights folder: download from the Hub, locate offline, write tiny random stand-ins."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from aas_core.errors import WeightsMissingError
+from aas_core.fsutil import atomic_dir, atomic_write_json
+from aas_core.registry import REGISTRY, ModelSpec, get_spec
+
+TINY_MARKER = "aas_tiny.json"
+"""File written beside tiny random weights so the product can label results as a workflow preview."""
+
+
+def weights_dir(override: Optional[str | os.PathLike[str]] = None) -> Path:
+    """The weights folder: `override`, else $AAS_WEIGHTS_DIR, else ./weights."""
+    return Path(override or os.environ.get("AAS_WEIGHTS_DIR") or "weights").expanduser().absolute()
+
+
+def _missing_patterns(spec: ModelSpec, folder: Path) -> list[str]:
+    return [pattern for pattern in spec.files if not any(folder.glob(pattern))]
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Whether a model is present in a weights folder."""
+
+    name: str
+    path: str
+    present: bool
+    tiny: bool
+    missing: tuple[str, ...]
+
+
+def status(name: str, root: Optional[str | os.PathLike[str]] = None) -> WeightsStatus:
+    """Report whether `name` is fully present under the weights folder."""
+    spec = get_spec(name)
+    folder = weights_dir(root) / spec.name
+    missing = tuple(_missing_patterns(spec, folder)) if folder.is_dir() else spec.files
+    return WeightsStatus(
+        name=spec.name,
+        path=str(folder),
+        present=not missing,
+        tiny=(folder / TINY_MARKER).is_file(),
+        missing=missing,
+    )
+
+
+def model_dir(name: str, root: Optional[str | os.PathLike[str]] = None) -> Path:
+    """The local folder of `name`, or a WeightsMissingError naming the command that fetches it."""
+    state = status(name, root)
+    if not state.present:
+        raise WeightsMissingError(
+            f"model {name!r} is not in {weights_dir(root)} (missing {', '.join(state.missing)}). "
+            f"Fetch it with: python -m aas_core weights download {name}"
+            + ("" if root is None else f" --dir {root}")
+            + "  (or try the workflow without downloads: python -m aas_core weights tiny --dir DIR)"
+        )
+    return Path(state.path)
+
+
+def is_tiny(name: str, root: Optional[str | os.PathLike[str]] = None) -> bool:
+    """Whether the local copy of `name` is a tiny random-weight stand-in."""
+    return status(name, root).tiny
+
+
+def download(names: Iterable[str], root: Optional[str | os.PathLike[str]] = None, force: bool = False) -> list[Path]:
+    """Fetch models from the Hugging Face Hub into the weights folder (tqdm progress on stderr)."""
+    from huggingface_hub import snapshot_download
+
+    fetched = []
+    for name in names:
+        spec = get_spec(name)
+        folder = weights_dir(root) / spec.name
+        if not force and status(name, root).present and not is_tiny(name, root):
+            fetched.append(folder)
+            continue
+        if is_tiny(name, root):
+            # Never mix real files into a tiny folder: the marker would mislabel real results.
+            shutil.rmtree(folder)
+        try:
+            snapshot_download(
+                repo_id=spec.hub_id,
+                revision=spec.revision,
+                allow_patterns=list(spec.files),
+                local_dir=str(folder),
+            )
+        except Exception as exc:  # the hub client raises many types (network, auth, 404)
+            raise WeightsMissingError(
+                f"could not fetch {name} ({spec.hub_id}) from the Hugging Face Hub: {exc}. "
+                f"Check the network (or HF_ENDPOINT / HF_TOKEN), or copy the files {', '.join(spec.files)} "
+                f"into {folder} by hand"
+            ) from exc
+        missing = _missing_patterns(spec, folder)
+        if missing:
+            raise WeightsMissingError(
+                f"downloaded {spec.hub_id} but {', '.join(missing)} did not arrive; "
+                "the repository layout may have changed: check the registry entry"
+            )
+        fetched.append(folder)
+    return fetched
+
+
+def write_tiny(names: Iterable[str], root: str | os.PathLike[str], overwrite: bool = True) -> list[Path]:
+    """Write tiny random-weight copies of `names` under `root`, each in its real layout."""
+    written = []
+    for name in names:
+        spec = get_spec(name)
+        module_name, func_name = spec.tiny_writer.split(":")
+        writer = getattr(importlib.import_module(module_name), func_name)
+        target = Path(root) / spec.name
+        if target.exists() and not overwrite:
+            written.append(target)
+            continue
+        with atomic_dir(target, overwrite=True) as tmp:
+            writer(tmp, spec)
+            atomic_write_json(tmp / TINY_MARKER, {"name": spec.name, "hub_id": spec.hub_id, "tiny": True})
+        written.append(target)
+    return written
+
+
+def list_all(root: Optional[str | os.PathLike[str]] = None) -> list[dict]:
+    """Every registry entry with its local status, for `weights list` and the UI."""
+    rows = []
+    for name, spec in REGISTRY.items():
+        state = status(name, root)
+        rows.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "hub_id": spec.hub_id,
+                "license": spec.license,
+                "size_mb": spec.size_mb,
+                "present": state.present,
+                "tiny": state.tiny,
+                "path": state.path,
+                "loader": spec.loader,
+            }
+        )
+    return rows
