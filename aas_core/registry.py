@@ -63,6 +63,9 @@ REGISTRY: dict[str, ModelSpec] = {
             description="Stronger clip-library embedder (79.2% ImageNet zero-shot), 768-d, ~8x slower.",
             options={"arch": "ViT-L-14", "pretrained_tag": "datacomp_xl_s13b_b90k", "embed_dim": 768},
         ),
+        # --- depth estimators (motion structure) ---
+        # --- generation backends (structure-guided text-to-video) ---
+        # --- metrics ---
     ]
 }
 
