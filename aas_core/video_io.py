@@ -56,8 +56,9 @@ def _quarter_turns(frame) -> int:
     return int(round(getattr(frame, "rotation", 0) / 90.0)) % 4
 
 
-def _rgb(frame, quarter_turns: int, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """Frame -> HxWx3 uint8 RGB as displayed; `size` (w, h) is the displayed size wanted."""
+def frame_to_rgb(frame, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """PyAV frame -> HxWx3 uint8 RGB as displayed (rotation applied); `size` (w, h) is the displayed size."""
+    quarter_turns = _quarter_turns(frame)
     if size is not None and quarter_turns % 2 == 1:
         size = (size[1], size[0])
     if size is not None:
@@ -114,6 +115,31 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         container.close()
 
 
+def iter_av_frames(path: str | os.PathLike[str], start: float = 0.0) -> Iterator[tuple[float, "av.VideoFrame"]]:
+    """Decode frames from `start` on as (time in seconds, PyAV frame); stops quietly at a truncated tail."""
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if start > 0:
+            # Seek lands on the keyframe before `start`; earlier frames are skipped below.
+            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * stream.time_base)
+                if t >= start - 1e-6:
+                    yield t, frame
+        except av.error.InvalidDataError:
+            # A truncated tail: keep what decoded; callers check they got enough frames.
+            return
+    finally:
+        container.close()
+
+
 @dataclass
 class DecodedFrame:
     """One decoded frame: its presentation time in seconds and RGB pixels as displayed."""
@@ -129,30 +155,10 @@ def iter_frames(
     size: Optional[tuple[int, int]] = None,
 ) -> Iterator[DecodedFrame]:
     """Decode every frame whose time lies in [start, end), optionally resized to `size` (w, h)."""
-    import av
-
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if start > 0:
-            # Seek lands on the keyframe before `start`; frames before it are skipped below.
-            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * stream.time_base)
-                if t < start - 1e-6:
-                    continue
-                if end is not None and t >= end - 1e-6:
-                    break
-                yield DecodedFrame(time=t, rgb=_rgb(frame, _quarter_turns(frame), size))
-        except av.error.InvalidDataError:
-            # A truncated tail: keep what decoded, the caller checks it got enough frames.
-            return
-    finally:
-        container.close()
+    for t, frame in iter_av_frames(path, start):
+        if end is not None and t >= end - 1e-6:
+            break
+        yield DecodedFrame(time=t, rgb=frame_to_rgb(frame, size))
 
 
 def sample_frames(

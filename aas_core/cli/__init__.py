@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 from aas_core.errors import AASError, Cancelled
 
-GROUPS: tuple[str, ...] = ("weights",)
+GROUPS: tuple[str, ...] = ("weights", "library")
 """Modules under aas_core.cli, each adding one subcommand group."""
 
 Handler = Callable[[argparse.Namespace], dict]
