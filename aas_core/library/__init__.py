@@ -6,7 +6,7 @@ import io
 import os
 import queue
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -181,6 +181,8 @@ def index_folder(
                 continue
             todo.append(f)
 
+        # Crop once at the embedder's input size so it never resizes again.
+        settings = replace(settings, crop_size=embedder.image_size)
         q: "queue.Queue" = queue.Queue(maxsize=8)
         stop = threading.Event()
         reader = threading.Thread(target=_reader_thread, args=(todo, settings, q, stop), daemon=True)

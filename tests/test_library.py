@@ -1,0 +1,271 @@
+"""Clip library: reader (scan, shots), embedder, writer (shards, generations), faiss search, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from aas_core.cli import main
+from aas_core.errors import Cancelled, InputError
+from aas_core.library import ReaderSettings, index_folder, library_info, list_shots, search
+from aas_core.library.reader import iter_shots, scan_folder
+from aas_core.library.store import LibraryStore
+from aas_core.library.vector_index import build_index, choose_index_type, search_index
+from aas_core.progress import CancelToken
+from tests.helpers import SHARED_CLIPS, ensure_tiny, moving_square_frames, write_clip
+
+
+@pytest.fixture()
+def weights(tiny_root):
+    return ensure_tiny(tiny_root, "clip-vit-b-32", "clip-vit-l-14")
+
+
+def _ffmpeg(*args: str) -> None:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
+
+
+def _cut_clip(path, colours=("red", "green", "blue"), seconds=1.5, fps=10):
+    """One file with hard cuts: a solid-background segment per colour."""
+    segments = []
+    for i, colour in enumerate(colours):
+        seg = moving_square_frames(colour, "right", frames=int(seconds * fps), background=(40 * i, 80, 200 - 60 * i))
+        segments.append(seg)
+    return write_clip(path, np.concatenate(segments), fps=fps)
+
+
+def test_shots_follow_hard_cuts(tmp_path):
+    clip = _cut_clip(tmp_path / "cuts.mp4")
+    shots = list(iter_shots(clip, ReaderSettings(sample_fps=4)))
+    assert len(shots) == 3
+    assert [round(s.start, 1) for s in shots] == [0.0, 1.5, 3.0]
+    assert shots[-1].end == pytest.approx(4.5, abs=0.11)
+    assert all(s.crops and s.crops[0].shape == (224, 224, 3) for s in shots)
+
+
+def test_long_shots_are_split(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", moving_square_frames(frames=60), fps=10)
+    shots = list(iter_shots(clip, ReaderSettings(max_shot_seconds=2.0)))
+    assert [round(s.duration, 2) for s in shots] == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.skipif(not SHARED_CLIPS.is_dir(), reason="shared clips not present")
+def test_real_footage_cuts():
+    shots = list(iter_shots(SHARED_CLIPS / "bikes.mp4"))
+    starts = [round(s.start, 1) for s in shots]
+    for cut in (1.2, 3.0, 5.5):  # cuts near frames 30, 76, 137 at 25 fps
+        assert any(abs(s - cut) <= 0.1 for s in starts), (cut, starts)
+    # The cut at frame 242 leaves a 0.3 s sliver, below the minimum shot length: no shot spans it.
+    assert shots[-1].end == pytest.approx(9.68, abs=0.05)
+
+
+def _make_folder(tmp_path):
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    write_clip(folder / "a.mp4", moving_square_frames("red", "right", frames=16), fps=8)
+    write_clip(folder / "sub" / "b.mp4", moving_square_frames("blue", "down", frames=16), fps=8)
+    return folder
+
+
+def test_index_is_incremental_and_skips_bad_files(tmp_path, weights):
+    folder = _make_folder(tmp_path)
+    (folder / "notes.txt").write_text("hello")
+    (folder / "empty.mp4").write_bytes(b"")
+    good = (folder / "a.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(good[: len(good) // 4])
+    _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(folder / "audio_only.mp4"))
+    lib = tmp_path / "lib"
+
+    first = index_folder(folder, lib, weights_root=weights)
+    assert (first.files_indexed, first.shots) == (5, 2)
+    reasons = {p.split("/")[-1]: r for p, r in ((s["path"], s["reason"]) for s in first.skipped)}
+    assert set(reasons) == {"notes.txt", "empty.mp4", "truncated.mp4", "audio_only.mp4"}
+    assert "no video stream" in reasons["audio_only.mp4"]
+    assert len(library_info(lib).skipped) == 4
+
+    again = index_folder(folder, lib, weights_root=weights)
+    assert (again.files_indexed, again.files_reused) == (0, 5)
+
+    write_clip(folder / "c.mp4", moving_square_frames("green", "left", frames=16), fps=8)
+    write_clip(folder / "a.mp4", moving_square_frames("yellow", "up", frames=24), fps=8)  # changed
+    (folder / "sub" / "b.mp4").unlink()
+    third = index_folder(folder, lib, weights_root=weights)
+    assert (third.files_indexed, third.files_removed) == (2, 1)
+    assert sorted(s["path"].split("/")[-1] for s in list_shots(lib)) == ["a.mp4", "c.mp4"]
+    assert LibraryStore(lib).load().vectors.shape == (2, 512)
+
+
+def test_killed_run_keeps_previous_index_and_resumes(tmp_path, weights):
+    folder = _make_folder(tmp_path)
+    lib = tmp_path / "lib"
+    index_folder(folder, lib, weights_root=weights)
+    before = [h.path for h in search("a red square", k=2, library=lib, weights_root=weights)]
+    for name in ("c", "d", "e"):
+        write_clip(folder / f"{name}.mp4", moving_square_frames("green", "left", frames=16), fps=8)
+
+    token = CancelToken()
+
+    def cancel_after_first(fraction: float, message: str) -> None:
+        if message.startswith("1/"):
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        index_folder(folder, lib, weights_root=weights, on_progress=cancel_after_first, cancel=token)
+    assert [h.path for h in search("a red square", k=2, library=lib, weights_root=weights)] == before
+    assert library_info(lib).files == 2
+
+    resumed = index_folder(folder, lib, weights_root=weights)
+    assert resumed.files_indexed == 2 and resumed.files_reused == 3
+    assert library_info(lib).files == 5
+
+
+def test_another_model_is_refused(tmp_path, weights):
+    folder = _make_folder(tmp_path)
+    lib = tmp_path / "lib"
+    index_folder(folder, lib, weights_root=weights)
+    with pytest.raises(InputError, match="--reindex"):
+        index_folder(folder, lib, model="clip-vit-l-14", weights_root=weights)
+    summary = index_folder(folder, lib, model="clip-vit-l-14", weights_root=weights, reindex=True)
+    assert summary.model == "clip-vit-l-14" and LibraryStore(lib).load().vectors.shape == (2, 768)
+
+
+def test_changed_weights_are_detected_at_search(tmp_path, weights):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "w"
+    ensure_tiny(other, "clip-vit-b-32")
+    folder = _make_folder(tmp_path)
+    index_folder(folder, tmp_path / "lib", weights_root=other)
+    st = other / "clip-vit-b-32" / "open_clip_model.safetensors"
+    state = load_file(str(st))
+    state = {k: v + 0.01 * torch.ones_like(v) for k, v in state.items()}
+    save_file(state, str(st))
+    from aas_core.library import embed
+
+    embed._CACHE.clear()
+    with pytest.raises(InputError, match="re-index"):
+        search("a square", library=tmp_path / "lib", weights_root=other)
+
+
+def test_search_errors(tmp_path, weights):
+    with pytest.raises(InputError, match="no clip library"):
+        search("a dog", library=tmp_path / "none", weights_root=weights)
+    folder = tmp_path / "only_text"
+    folder.mkdir()
+    (folder / "x.txt").write_text("no video")
+    index_folder(folder, tmp_path / "lib", weights_root=weights)
+    with pytest.raises(InputError, match="no shots"):
+        search("a dog", library=tmp_path / "lib", weights_root=weights)
+    with pytest.raises(InputError, match="type what happens"):
+        search("   ", library=tmp_path / "lib", weights_root=weights)
+    with pytest.raises(InputError, match="not a folder"):
+        scan_folder(tmp_path / "missing")
+
+
+def test_vector_index_choice_and_ivf_recall():
+    assert choose_index_type(1000) == "flat" and choose_index_type(10**6) == "ivf"
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 32))
+    data = centres[rng.integers(0, 50, 20000)] + 0.3 * rng.normal(size=(20000, 32))
+    data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
+    queries = data[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)
+    _, exact = search_index(build_index(data, "flat"), queries, 10)
+    _, approx = search_index(build_index(data, "ivf"), queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.95
+
+
+def test_cli_index_search_info_list_json(tmp_path, weights, capsys):
+    folder = _make_folder(tmp_path)
+    lib = str(tmp_path / "lib")
+    common = ["--library", lib, "--weights", str(weights), "--json"]
+    assert main(["library", "index", str(folder), *common]) == 0
+    assert json.loads(capsys.readouterr().out)["shots"] == 2
+    assert main(["library", "search", "a red square", "--k", "1", *common]) == 0
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    assert set(hit) >= {"path", "start", "end", "score", "thumbnail", "duration"}
+    assert main(["library", "search", "x", "--min-duration", "100", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"] == []
+    assert main(["library", "info", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == 2
+    assert main(["library", "list", *common]) == 0
+    assert len(json.loads(capsys.readouterr().out)["shots"]) == 2
+
+
+# --- retrieval quality: a tiny CLIP trained here must rank the right clip first ---------------------
+
+POSITIONS = {"top": 18, "bottom": 78}
+TRAIN_COLOURS = ("red", "green", "blue", "yellow")
+
+
+def _scene(colour: str, position: str, x: int, side: int = 96, square: int = 20) -> np.ndarray:
+    from tests.helpers import COLOURS
+
+    img = np.full((side, side, 3), 30, np.uint8)
+    y = POSITIONS[position]
+    img[y - square // 2 : y + square // 2, x : x + square] = COLOURS[colour]
+    return img
+
+
+@pytest.fixture(scope="module")
+def trained_clip_weights(tmp_path_factory):
+    """Fit a tiny CLIP on captioned synthetic frames and save it in the real open_clip layout."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from aas_core.tiny.clip import tiny_open_clip_config
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = tiny_open_clip_config(64)
+    config["model_cfg"]["vision_cfg"].update(image_size=64, patch_size=16)
+    model = open_clip.CLIP(**config["model_cfg"])
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    classes = [(c, p) for c in TRAIN_COLOURS for p in POSITIONS]
+    tokens = tokenizer([f"a {c} square at the {p}" for c, p in classes])
+    mean = torch.tensor(config["preprocess_cfg"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["preprocess_cfg"]["std"]).view(1, 3, 1, 1)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(250):
+        images = np.stack([_scene(c, p, int(rng.integers(0, 76))) for c, p in classes])
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        pixels = torch.nn.functional.interpolate(pixels, size=64, mode="area")
+        image_features, text_features, scale = model((pixels - mean) / std, tokens)
+        logits = scale * image_features @ text_features.T
+        labels = torch.arange(len(classes))
+        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5, f"the tiny CLIP did not fit its captions (loss {loss.item():.3f})"
+    root = tmp_path_factory.mktemp("trained_weights")
+    folder = root / "clip-vit-b-32"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return root
+
+
+def test_trained_clip_ranks_the_matching_clip_first(tmp_path, trained_clip_weights):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for colour in TRAIN_COLOURS:
+        for position in POSITIONS:
+            frames = np.stack([_scene(colour, position, x) for x in range(0, 76, 5)])
+            write_clip(folder / f"{colour}_{position}.mp4", frames, fps=8)
+    lib = tmp_path / "lib"
+    index_folder(folder, lib, weights_root=trained_clip_weights)
+    for colour in TRAIN_COLOURS:
+        for position in POSITIONS:
+            hits = search(f"a {colour} square at the {position}", k=3, library=lib, weights_root=trained_clip_weights)
+            assert hits[0].path.endswith(f"{colour}_{position}.mp4"), [h.path for h in hits]
+            assert hits[0].score > hits[1].score
+    by_image = search(image=_scene("blue", "bottom", 40), k=1, library=lib, weights_root=trained_clip_weights)
+    assert by_image[0].path.endswith("blue_bottom.mp4")
