@@ -22,6 +22,8 @@ from aas_core.registry import DEFAULT_CLIP, names_of_kind
 from aas_core.video_io import probe
 
 CLIP_MODELS: tuple[str, ...] = names_of_kind("clip")
+EMBED_BATCH = 64
+"""Frames per embedder call while indexing: large enough to keep a GPU busy, small enough for a CPU."""
 
 __all__ = [
     "CLIP_MODELS",
@@ -112,8 +114,9 @@ def _reader_thread(files: list[FoundFile], settings: ReaderSettings, out: "queue
             for shot in iter_shots(found.path, settings, info):
                 if stop.is_set():
                     break
-                middle = shot.thumbnails[len(shot.thumbnails) // 2]
-                out.put(("shot", found, (shot, _encode_jpeg(middle))))
+                jpeg = _encode_jpeg(shot.thumbnails[len(shot.thumbnails) // 2])
+                shot.thumbnails = []
+                out.put(("shot", found, (shot, jpeg)))
             out.put(("done", found, info))
         except (AASError, OSError, ValueError, RuntimeError) as exc:
             out.put(("error", found, str(exc)))
@@ -187,7 +190,21 @@ def index_folder(
         stop = threading.Event()
         reader = threading.Thread(target=_reader_thread, args=(todo, settings, q, stop), daemon=True)
         reader.start()
-        pending: dict[Path, list[tuple[SampledShot, bytes]]] = {}
+        # Shots wait here until enough frames gather for one embedder batch; crops are dropped once embedded.
+        waiting: list[tuple[SampledShot, list]] = []
+        embedded: dict[Path, list[tuple[SampledShot, bytes, np.ndarray]]] = {}
+
+        def flush() -> None:
+            frames = [crop for shot, _ in waiting for crop in shot.crops]
+            vectors = embedder.embed_images(frames, batch_size=EMBED_BATCH)
+            offset = 0
+            for shot, slot in waiting:
+                mean = vectors[offset : offset + len(shot.crops)].mean(axis=0)
+                offset += len(shot.crops)
+                slot.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+                shot.crops = []
+            waiting.clear()
+
         done = 0
         report(on_progress, 0.0, f"{len(todo)} to index, {reused} unchanged")
         try:
@@ -198,9 +215,15 @@ def index_folder(
                 if cancel is not None:
                     cancel.check()
                 if kind == "shot":
-                    pending.setdefault(f.path, []).append(payload)
+                    shot, jpeg = payload
+                    slot: list = []
+                    waiting.append((shot, slot))
+                    embedded.setdefault(f.path, []).append((shot, jpeg, slot))
+                    if sum(len(s.crops) for s, _ in waiting) >= EMBED_BATCH:
+                        flush()
                     continue
-                shots = pending.pop(f.path, [])
+                flush()
+                shots = embedded.pop(f.path, [])
                 if kind == "error":
                     store.write_skip(f, stamp, payload)
                     skipped.append({"path": str(f.path), "reason": payload})
@@ -210,17 +233,12 @@ def index_folder(
                     skipped.append({"path": str(f.path), "reason": reason})
                 else:
                     info = payload
-                    vectors = []
-                    for shot, _ in shots:
-                        frames = embedder.embed_images(shot.crops)
-                        mean = frames.mean(axis=0)
-                        vectors.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
                     meta = [
                         {"start": round(s.start, 4), "end": round(s.end, 4), "fps": info.fps, "width": info.width,
-                         "height": info.height, "frames_sampled": len(s.crops)}
-                        for s, _ in shots
+                         "height": info.height, "frames_sampled": s.frames_sampled}
+                        for s, _, _ in shots
                     ]
-                    store.write_shard(f, stamp, meta, np.stack(vectors), [jpeg for _, jpeg in shots],
+                    store.write_shard(f, stamp, meta, np.stack([slot[0] for _, _, slot in shots]), [jpeg for _, jpeg, _ in shots],
                                       {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height})
                 done += 1
                 report(on_progress, done / max(len(todo), 1) * 0.95, f"{done}/{len(todo)} {f.path.name}")
