@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
 from aas_core.errors import AASError, Cancelled
 
-GROUPS: tuple[str, ...] = ("weights", "library")
+GROUPS: tuple[str, ...] = ("weights", "library", "generate", "concept", "depth")
 """Modules under aas_core.cli, each adding one subcommand group."""
 
 Handler = Callable[[argparse.Namespace], dict]
@@ -32,7 +33,11 @@ def add_command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every group registered)."""
+    from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
+
     parser = argparse.ArgumentParser(prog="python -m aas_core", description="Animate-A-Story engine")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, help="compute device (default: auto = cuda > mps > cpu; or $AAS_DEVICE)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="model dtype (default: auto = half on GPU, float32 on CPU; or $AAS_DTYPE)")
     sub = parser.add_subparsers(dest="group", required=True)
     for name in GROUPS:
         importlib.import_module(f"aas_core.cli.{name}").register(sub)
@@ -54,6 +59,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the process exit code (2 for user errors, 130 when cancelled)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Engines resolve device and dtype once through pick_runtime(), which reads these.
+    if args.device:
+        os.environ["AAS_DEVICE"] = args.device
+    if args.dtype:
+        os.environ["AAS_DTYPE"] = args.dtype
     try:
         result = args.handler(args)
     except Cancelled as exc:
