@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 from aas_core.errors import AASError, Cancelled
 
-GROUPS: tuple[str, ...] = ("weights", "library", "generate", "concept", "depth")
+GROUPS: tuple[str, ...] = ("weights", "library", "generate", "concept", "depth", "story")
 """Modules under aas_core.cli, each adding one subcommand group."""
 
 Handler = Callable[[argparse.Namespace], dict]

@@ -30,6 +30,10 @@ class DepthVideo:
     settings: dict[str, Any] = field(default_factory=dict)
     rgb: Optional[np.ndarray] = None
     """The conditioning clip's RGB frames (T, H, W, 3) uint8, kept for previews and comparisons."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """Measured facts (flicker figures, source timestamps, source digest), not inputs."""
+    warnings: list[str] = field(default_factory=list)
+    """Things the user should know (e.g. frames held because the span was short)."""
 
     def __post_init__(self) -> None:
         self.frames = np.asarray(self.frames, dtype=np.float32)
@@ -96,4 +100,6 @@ class DepthVideo:
             estimator=meta.get("estimator", ""),
             settings=meta.get("settings", {}),
             rgb=rgb,
+            stats=meta.get("stats", {}),
+            warnings=list(meta.get("warnings", [])),
         )

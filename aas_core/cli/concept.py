@@ -1,0 +1,155 @@
+"""`concept` commands: train a character from photos, list, show, delete, export/import TI and LoRA files."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import warnings
+
+from aas_core.cli import add_command
+
+
+def _root_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", help="weights folder holding concepts/ (default: $AAS_WEIGHTS_DIR or ./weights)")
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from aas_core.concepts import TrainSettings, parse_photo_arg, train_concept
+    from aas_core.device import pick_runtime
+    from aas_core.progress import CancelToken, tqdm_progress
+
+    settings = TrainSettings(
+        steps=args.steps, buckets=args.buckets, vectors=args.vectors, lr=args.lr, batch_size=args.batch_size,
+        resolution=args.resolution, lora=args.lora, lora_rank=args.lora_rank,
+        gradient_checkpointing=args.gradient_checkpointing, validate_every=args.validate_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
+    )
+    cancel = CancelToken()
+    # Ctrl-C stops at the next step with a checkpoint saved, so the same command resumes.
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    progress, close = tqdm_progress(f"concept {args.name}", disable=args.json)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = train_concept(
+                args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], settings, root=args.dir,
+                overwrite=args.overwrite, runtime=pick_runtime(args.device, args.dtype), on_progress=progress, cancel=cancel,
+            )
+    finally:
+        close()
+        signal.signal(signal.SIGINT, previous)
+    concept = result.concept
+    notes = [str(w.message) for w in caught]
+    text = [f"warning: {n}" for n in notes] + [
+        f"trained {concept.token} ({concept.buckets} buckets x {concept.vectors} vectors"
+        f"{', LoRA' if concept.lora else ''}) in {concept.folder}",
+        f"loss: first {result.losses[0]:.4f}, last {result.losses[-1]:.4f}" if result.losses else "no steps run",
+        f"use it by writing {concept.token} in a shot prompt, e.g. \"{concept.token} walks along the beach\"",
+    ]
+    if concept.tiny:
+        text.append("tiny base model: this concept is a workflow preview only")
+    return {"concept": concept.summary(), "losses": result.losses, "resumed_from": result.resumed_from,
+            "warnings": notes, "_text": "\n".join(text)}
+
+
+def _list(args: argparse.Namespace) -> dict:
+    from aas_core.concepts import concepts_dir, list_concepts
+
+    concepts = list_concepts(args.dir)
+    lines = [f"{'token':<24} {'class':<12} {'K x n':<7} {'lora':<5} {'source':<14} base"]
+    for c in concepts:
+        lines.append(f"{c.token:<24} {c.class_word:<12} {f'{c.buckets}x{c.vectors}':<7} {'yes' if c.lora else '-':<5} "
+                     f"{c.source:<14} {c.base_model}{' (tiny)' if c.tiny else ''}")
+    if not concepts:
+        lines = [f"no concepts yet in {concepts_dir(args.dir)}; make one with: python -m aas_core concept train --name NAME --class-word WORD PHOTOS..."]
+    return {"concepts": [c.summary() for c in concepts], "_text": "\n".join(lines)}
+
+
+def _show(args: argparse.Namespace) -> dict:
+    import json
+
+    from aas_core.concepts import load_concept
+
+    concept = load_concept(args.name, args.dir)
+    summary = concept.summary()
+    return {"concept": summary, "_text": json.dumps(summary, indent=2, default=str)}
+
+
+def _delete(args: argparse.Namespace) -> dict:
+    from aas_core.concepts import delete_concept
+
+    path = delete_concept(args.name, args.dir)
+    return {"deleted": str(path), "_text": f"deleted {path}"}
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from aas_core.concepts import export_textual_inversion, load_concept
+
+    out = export_textual_inversion(load_concept(args.name, args.dir), args.out)
+    return {"exported": str(out), "_text": f"wrote {out} (mean of the timestep buckets; loads as a plain textual inversion)"}
+
+
+def _import_ti(args: argparse.Namespace) -> dict:
+    from aas_core.concepts import import_textual_inversion
+
+    c = import_textual_inversion(args.file, args.name, args.class_word, root=args.dir, overwrite=args.overwrite)
+    return {"concept": c.summary(), "_text": f"imported {args.file} as {c.token} ({c.vectors} vectors) in {c.folder}"}
+
+
+def _import_lora(args: argparse.Namespace) -> dict:
+    from aas_core.concepts import import_lora
+
+    c = import_lora(args.file, args.name, args.trigger, args.class_word, root=args.dir, overwrite=args.overwrite)
+    return {"concept": c.summary(), "_text": f"imported {args.file} as {c.token} (LoRA, trigger {args.trigger or args.class_word!r}) in {c.folder}"}
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add the `concept` group."""
+    from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
+
+    group = sub.add_parser("concept", help="characters learnt from photos (TimeInv)").add_subparsers(dest="command", required=True)
+    p = add_command(group, "train", _train, "learn a character from 3-20 photos; then write <name> in prompts")
+    p.add_argument("photos", nargs="+", help="jpg/png/webp photos; PHOTO@x0,y0,x1,y1 crops to a box around the character")
+    p.add_argument("--name", required=True, help="concept name (lowercase, digits, - or _); the prompt token is <name>")
+    p.add_argument("--class-word", required=True, help="what the character is (woman, cat, robot): the starting point")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--buckets", type=int, default=8, help="K timestep buckets, each with its own vectors")
+    p.add_argument("--vectors", type=int, default=2, help="n token vectors per bucket")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--resolution", type=int, help="training side in px (default: the base model's, 512)")
+    p.add_argument("--lora", action="store_true", help="also train a LoRA on the cross-attention key/value projections")
+    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
+    p.add_argument("--validate-every", type=int, default=250, help="validation image every N steps (0: never)")
+    p.add_argument("--checkpoint-every", type=int, default=250, help="resumable checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="default: $AAS_DEVICE or auto")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: $AAS_DTYPE or auto (bf16/fp16 on a GPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing concept of that name")
+    _root_arg(p)
+    p = add_command(group, "list", _list, "every concept in the weights folder")
+    _root_arg(p)
+    p = add_command(group, "show", _show, "one concept's settings, photos and files")
+    p.add_argument("name")
+    _root_arg(p)
+    p = add_command(group, "delete", _delete, "delete a concept (and any unfinished training of it)")
+    p.add_argument("name")
+    _root_arg(p)
+    p = add_command(group, "export", _export, "write a plain textual-inversion .safetensors (mean over buckets)")
+    p.add_argument("name")
+    p.add_argument("out", help="output .safetensors file")
+    _root_arg(p)
+    p = add_command(group, "import-ti", _import_ti, "make a concept from a standard SD1.5 textual-inversion file")
+    p.add_argument("file")
+    p.add_argument("--name", required=True)
+    p.add_argument("--class-word", default="")
+    p.add_argument("--overwrite", action="store_true")
+    _root_arg(p)
+    p = add_command(group, "import-lora", _import_lora, "make a concept from an SD1.5 LoRA file (<name> = its trigger words)")
+    p.add_argument("file")
+    p.add_argument("--name", required=True)
+    p.add_argument("--trigger", default="", help="the LoRA's trigger words")
+    p.add_argument("--class-word", default="")
+    p.add_argument("--overwrite", action="store_true")
+    _root_arg(p)

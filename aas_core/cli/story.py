@@ -1,0 +1,118 @@
+"""`story` commands: new (draft from text), check, run (resumable), stitch, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aas_core.cli import add_command
+from aas_core.errors import InputError
+
+
+def _new(args: argparse.Namespace) -> dict:
+    from aas_core.story import draft_story, dump_story, save_story
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if args.text != "-" and Path(args.text).is_file():
+        text = Path(args.text).read_text(encoding="utf-8")
+    story = draft_story(text, title=args.title or "")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    save_story(story, out)
+    return {
+        "path": str(out),
+        "shots": [{"id": s.id, "query": s.query, "prompt": s.prompt} for s in story.shots],
+        "characters": [c.name for c in story.characters],
+        "_text": dump_story(story) + f"\nwrote {out} ({len(story.shots)} shots); edit it, then: python -m aas_core story run {out}",
+    }
+
+
+def _runtime(args: argparse.Namespace):
+    from aas_core.device import pick_runtime
+
+    return pick_runtime(args.device, args.dtype)
+
+
+def _check(args: argparse.Namespace) -> dict:
+    from aas_core.story import default_out_dir, load_story, plan_story
+
+    story = load_story(args.file)
+    out = Path(args.out) if args.out else default_out_dir(args.file)
+    plan = plan_story(story, out, Path(args.file).absolute().parent, args.weights, args.library, _runtime(args))
+    shots = [{"id": p.id, "clip": p.clip.path, "start": p.clip.start, "end": p.clip.end, "key": p.key,
+              "retrieved": p.retrieval is not None, "seed": p.spec["seed"]} for p in plan.shots]
+    lines = [f"{s['id']}: {Path(s['clip']).name} {s['start']:.2f}-{s['end'] if s['end'] is not None else 'end'}"
+             f"{' (retrieved)' if s['retrieved'] else ''} seed {s['seed']}" for s in shots]
+    return {"shots": shots, "_text": "\n".join(lines + [f"story OK: {len(shots)} shots ready to run"])}
+
+
+def _summary(run) -> dict:
+    lines = [f"{s.id:<16} {s.status:<9} {s.error or ''}" for s in run.shots]
+    lines.append(f"video: {run.video or 'none (no finished shot)'} ({run.duration:.2f} s)")
+    lines.append(f"report: {run.report_md}")
+    return {**run.to_dict(), "_text": "\n".join(lines)}
+
+
+def _run(args: argparse.Namespace) -> dict:
+    from aas_core.progress import CancelToken, tqdm_progress
+    from aas_core.story import run_story
+
+    only = [s for part in (args.only or []) for s in part.split(",") if s]
+    progress, close = tqdm_progress("story", disable=args.json)
+    try:
+        run = run_story(args.file, out_dir=args.out, only=only or None, weights_root=args.weights, library=args.library,
+                        metrics=not args.no_metrics, runtime=_runtime(args), on_progress=progress, cancel=CancelToken())
+    finally:
+        close()
+    result = _summary(run)
+    if run.failed:
+        result["_text"] += f"\n{len(run.failed)} shot(s) failed; fix them and run again (finished shots are kept)"
+    return result
+
+
+def _stitch(args: argparse.Namespace) -> dict:
+    from aas_core.story import assemble
+
+    return _summary(assemble(args.dir))
+
+
+def _report(args: argparse.Namespace) -> dict:
+    from aas_core.story import assemble
+
+    run = assemble(args.dir)
+    return {**_summary(run), "_text": Path(run.report_md).read_text(encoding="utf-8")}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
+
+    p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
+    p.add_argument("--library", help="clip library folder for `clip: auto` shots (default: the story's `library:` or the default library)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="compute device (default: auto)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="compute dtype (default: auto)")
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add the `story` group."""
+    group = sub.add_parser("story", help="stories: draft, run (resumable), stitch, report").add_subparsers(dest="command", required=True)
+    p = add_command(group, "new", _new, "draft a story file from text: one shot per line or sentence ('query | prompt' to give both)")
+    p.add_argument("text", help="the story text, a text file, or - for stdin")
+    p.add_argument("--out", required=True, help="story file to write (YAML)")
+    p.add_argument("--title", help="story title (shown on the title card)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p = add_command(group, "check", _check, "validate a story and choose its clips without generating anything")
+    p.add_argument("file", help="story file (YAML or JSON)")
+    p.add_argument("--out", help="run folder (default: <story>-run next to the file)")
+    _common(p)
+    p = add_command(group, "run", _run, "run a story: retrieve, depth, generate each shot (resumable), stitch, report")
+    p.add_argument("file", help="story file (YAML or JSON)")
+    p.add_argument("--out", help="run folder (default: <story>-run next to the file)")
+    p.add_argument("--only", action="append", metavar="SHOT_IDS", help="run only these shots (comma-separated; repeatable)")
+    p.add_argument("--no-metrics", action="store_true", help="skip the quality metrics")
+    _common(p)
+    p = add_command(group, "stitch", _stitch, "stitch the finished shots of a run folder again (video, storyboard, report)")
+    p.add_argument("dir", help="run folder")
+    p = add_command(group, "report", _report, "print (and rewrite) the report of a run folder")
+    p.add_argument("dir", help="run folder")

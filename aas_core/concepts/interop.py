@@ -1,0 +1,160 @@
+"""Standard formats in and out: plain textual-inversion embeddings and SD1.5 LoRA files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from aas_core.concepts.store import Concept, Root, check_free, check_name, write_concept
+from aas_core.concepts.timeinv import token_for
+from aas_core.errors import InputError
+from aas_core.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+
+TEXT_ENCODER_EMBEDDING_KEY = "text_model.embeddings.token_embedding.weight"
+
+
+def export_textual_inversion(concept: Concept, out: str | os.PathLike[str]) -> Path:
+    """Write the concept's mean-over-buckets vectors as a one-key `{token: (n, D)}` safetensors file.
+
+    diffusers' `load_textual_inversion` and A1111/ComfyUI embeddings folders read this layout.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"export to a .safetensors file (got {out.name})")
+    mean = concept.table().mean(dim=0).contiguous()
+    with atomic_path(out, suffix=".safetensors") as tmp:
+        save_file({concept.token: mean}, str(tmp), metadata={"base_model": concept.base_model, "source": "aas-timeinv-mean"})
+    return out
+
+
+def _read_tensors(path: Path) -> dict:
+    """Tensors of a safetensors file, or of a .pt/.bin read with `weights_only=True` (never unpickled code)."""
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        if path.suffix in (".pt", ".bin"):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors and torch raise many types for damaged files
+        raise InputError(f"{path.name} could not be read as an embedding file ({exc}); is it damaged?") from exc
+    raise InputError(f"{path.name}: use a .safetensors (or .pt / .bin) textual-inversion file")
+
+
+def embedding_from_file(path: str | os.PathLike[str]) -> "torch.Tensor":
+    """The (n, D) vectors of a diffusers ({token: t}), A1111 (string_to_param / emb_params) TI file."""
+    import torch
+
+    data = _read_tensors(Path(path))
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{Path(path).name} holds no embedding")
+    if "clip_l" in data or "clip_g" in data:
+        raise InputError(f"{Path(path).name} is an SDXL embedding (clip_l/clip_g); use an SD1.5 embedding")
+    if "string_to_param" in data:
+        params = data["string_to_param"]
+        tensor = next(iter(params.values())) if isinstance(params, dict) and params else None
+    elif "emb_params" in data:
+        tensor = data["emb_params"]
+    elif len(data) == 1:
+        tensor = next(iter(data.values()))
+    else:
+        raise InputError(f"{Path(path).name} has {len(data)} tensors; a textual-inversion file holds one embedding")
+    if not torch.is_tensor(tensor):
+        raise InputError(f"{Path(path).name} holds no embedding tensor")
+    tensor = tensor.detach().float()
+    if tensor.ndim == 1:
+        tensor = tensor[None]
+    if tensor.ndim != 2:
+        raise InputError(f"{Path(path).name}: embedding of shape {tuple(tensor.shape)}, expected (vectors, width)")
+    return tensor
+
+
+def _base_facts(base_model: str, root: Root) -> tuple[Path, dict, dict]:
+    from aas_core.weights import model_dir
+
+    folder = model_dir(base_model, root)
+    text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    return folder, text, unet
+
+
+def _new_concept(name: str, class_word: str, base_model: str, root: Root, source: str, scheduler_folder: Path) -> Concept:
+    from aas_core.registry import get_spec
+    from aas_core.weights import is_tiny
+
+    steps = json.loads((scheduler_folder / "scheduler_config.json").read_text()).get("num_train_timesteps", 1000)
+    return Concept(
+        name=name, class_word=class_word, buckets=1, vectors=1, dim=1, base_model=base_model,
+        base_hub_id=get_spec(base_model).hub_id, num_train_timesteps=int(steps), source=source,  # type: ignore[arg-type]
+        tiny=is_tiny(base_model, root),
+    )
+
+
+def import_textual_inversion(
+    path: str | os.PathLike[str], name: str, class_word: str = "", base_model: str = "sd15",
+    root: Root = None, overwrite: bool = False,
+) -> Concept:
+    """Make a concept (one bucket) from a standard textual-inversion file."""
+    check_name(name)
+    check_free(name, root, overwrite)
+    vectors = embedding_from_file(path)
+    folder, text, _ = _base_facts(base_model, root)
+    if vectors.shape[1] != int(text["hidden_size"]):
+        raise InputError(
+            f"{Path(path).name} has {vectors.shape[1]}-wide vectors but {base_model}'s text encoder is {text['hidden_size']} wide: "
+            "it was made for another base model (SD2 embeddings are 1024 wide)"
+        )
+    concept = _new_concept(name, class_word, base_model, root, "imported-ti", folder / "scheduler")
+    concept.settings = {"imported_from": Path(path).name}
+    return write_concept(concept, vectors[None], root, overwrite=overwrite)
+
+
+def import_lora(
+    path: str | os.PathLike[str], name: str, trigger: str = "", class_word: str = "", base_model: str = "sd15",
+    root: Root = None, overwrite: bool = False,
+) -> Concept:
+    """Make a concept from an SD1.5 LoRA file: `<name>` stands for its trigger words and loads the LoRA."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    check_name(name)
+    check_free(name, root, overwrite)
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise InputError(f"{path}: give an existing .safetensors LoRA file")
+    words = (trigger or class_word).strip()
+    if not words:
+        raise InputError("give the LoRA's trigger words (--trigger) or a class word: <name> will stand for them")
+    folder, text, unet = _base_facts(base_model, root)
+    try:
+        state, _ = StableDiffusionPipeline.lora_state_dict(str(path))
+    except Exception as exc:  # diffusers raises ValueError/KeyError/... for unknown layouts
+        raise InputError(f"{path.name} is not a LoRA diffusers can read ({exc})") from exc
+    if not state or not all(k.startswith(("unet.", "text_encoder.")) for k in state):
+        raise InputError(f"{path.name} does not look like an SD1.5 LoRA (keys such as {next(iter(state), '')!r})")
+    cross = [v for k, v in state.items() if "attn2.to_k" in k and ("lora_A" in k or "lora.down" in k)]
+    if cross and cross[0].shape[1] != int(unet["cross_attention_dim"]):
+        raise InputError(
+            f"{path.name} was trained for a model with {cross[0].shape[1]}-wide text features, not {base_model} "
+            f"({unet['cross_attention_dim']}): an SDXL or SD2 LoRA cannot be used here"
+        )
+    from transformers import CLIPTokenizer
+
+    ids = CLIPTokenizer.from_pretrained(folder / "tokenizer")(words, add_special_tokens=False).input_ids
+    with safe_open(str(folder / "text_encoder" / "model.safetensors"), framework="pt") as fh:
+        vectors = fh.get_tensor(TEXT_ENCODER_EMBEDDING_KEY)[torch.tensor(ids)].float()
+    concept = _new_concept(name, class_word, base_model, root, "imported-lora", folder / "scheduler")
+    concept.settings = {"imported_from": path.name, "trigger": words, "token": token_for(name)}
+    return write_concept(concept, vectors[None], root, overwrite=overwrite, lora_file=path)

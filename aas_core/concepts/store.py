@@ -1,0 +1,252 @@
+"""Concept folders: `weights/concepts/<name>/` with safetensors tensors, a JSON, photos and thumbnails."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
+
+from aas_core.concepts.timeinv import NAME_PATTERN, bucket_edges, bucket_of, token_for, vector_tokens
+from aas_core.errors import InputError
+from aas_core.fsutil import atomic_dir, atomic_write_json
+from aas_core.weights import weights_dir
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+FORMAT_VERSION = 1
+META_FILE = "concept.json"
+TABLE_FILE = "embeddings.safetensors"
+TABLE_KEY = "timeinv"
+LORA_FILE = "lora.safetensors"
+ConceptSource = Literal["trained", "imported-ti", "imported-lora"]
+CONCEPT_SOURCES: tuple[str, ...] = ("trained", "imported-ti", "imported-lora")
+
+Root = Optional[str | os.PathLike[str]]
+
+
+def concepts_dir(root: Root = None) -> Path:
+    """Where concepts live: `<weights folder>/concepts`."""
+    return weights_dir(root) / "concepts"
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a safe concept name, else an InputError saying what is allowed."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise InputError(
+            f"concept name {name!r} is not allowed: use 1-40 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit (e.g. alice, old-tom); it becomes the prompt token <name>"
+        )
+    return name
+
+
+def concept_folder(name: str, root: Root = None) -> Path:
+    """The folder of concept `name` (the name is checked first, so no path escapes the concepts folder)."""
+    return concepts_dir(root) / check_name(name)
+
+
+def check_free(name: str, root: Root = None, overwrite: bool = False) -> None:
+    """Refuse to replace an existing concept unless `overwrite`."""
+    if concept_folder(name, root).exists() and not overwrite:
+        raise InputError(
+            f"a concept named {name!r} already exists in {concepts_dir(root)}; choose another name, "
+            "delete it first (concept delete NAME) or pass --overwrite"
+        )
+
+
+@dataclass
+class Concept:
+    """A learnt character: its TimeInv table (K buckets x n vectors x D), optional LoRA and photos."""
+
+    name: str
+    class_word: str
+    buckets: int
+    vectors: int
+    dim: int
+    base_model: str
+    base_hub_id: str = ""
+    num_train_timesteps: int = 1000
+    source: ConceptSource = "trained"
+    tiny: bool = False
+    lora: bool = False
+    settings: dict = field(default_factory=dict)
+    photos: list[str] = field(default_factory=list)
+    thumbnails: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+    folder: Optional[Path] = field(default=None, compare=False)
+    _table: Optional["torch.Tensor"] = field(default=None, repr=False, compare=False)
+
+    @property
+    def token(self) -> str:
+        """The prompt token, `<name>`."""
+        return token_for(self.name)
+
+    @property
+    def tokens(self) -> list[str]:
+        """The n tokenizer entries the token expands to."""
+        return vector_tokens(self.token, self.vectors)
+
+    def bucket(self, timestep: float) -> int:
+        """The bucket used at a denoising timestep."""
+        return bucket_of(timestep, self.buckets, self.num_train_timesteps)
+
+    def table(self) -> "torch.Tensor":
+        """The (K, n, D) float32 table (read from the folder's safetensors on first use)."""
+        if self._table is None:
+            if self.folder is None:
+                raise ValueError(f"concept {self.name} has no table and no folder")
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(self.folder / TABLE_FILE))
+            table = tensors.get(TABLE_KEY)
+            if table is None or tuple(table.shape) != (self.buckets, self.vectors, self.dim):
+                raise InputError(
+                    f"concept {self.name}: {TABLE_FILE} does not hold a ({self.buckets}, {self.vectors}, {self.dim}) "
+                    f"table; the folder is damaged: delete it (concept delete {self.name}) and train again"
+                )
+            self._table = table.float()
+        return self._table
+
+    @property
+    def lora_path(self) -> Optional[Path]:
+        """The LoRA safetensors file, when the concept has one."""
+        return self.folder / LORA_FILE if (self.lora and self.folder is not None) else None
+
+    def reference_images(self) -> list["Image.Image"]:
+        """The concept's photos (square crops) as RGB images: reference images for the VACE backend."""
+        from PIL import Image
+
+        if self.folder is None:
+            return []
+        images = []
+        for rel in self.photos:
+            with Image.open(self.folder / rel) as img:
+                images.append(img.convert("RGB"))
+        return images
+
+    def to_json(self) -> dict:
+        """The JSON stored in `concept.json` (everything but the folder and tensors)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("folder", "_table")}
+        data["token"] = self.token
+        data["bucket_edges"] = bucket_edges(self.buckets, self.num_train_timesteps)
+        return data
+
+    def summary(self) -> dict:
+        """A JSON-ready description for `concept list/show` and the UI."""
+        data = self.to_json()
+        data["folder"] = str(self.folder) if self.folder else None
+        return data
+
+
+def concept_from_json(data: dict, folder: Optional[Path] = None) -> Concept:
+    """Build a Concept from its stored JSON (unknown keys ignored, so newer files still load)."""
+    known = {f.name for f in fields(Concept)} - {"folder", "_table"}
+    concept = Concept(**{k: v for k, v in data.items() if k in known})
+    concept.folder = folder
+    return concept
+
+
+def write_concept(
+    concept: Concept,
+    table: "torch.Tensor",
+    root: Root = None,
+    overwrite: bool = False,
+    photos: Sequence["Image.Image"] = (),
+    lora_tensors: Optional[dict] = None,
+    lora_file: Optional[Path] = None,
+    validation: Sequence[Path] = (),
+) -> Concept:
+    """Write a concept folder atomically (a crash leaves the old concept, or none, never half of one)."""
+    from safetensors.torch import save_file
+
+    from aas_core.concepts.photos import thumbnail
+
+    target = concept_folder(concept.name, root)
+    check_free(concept.name, root, overwrite)
+    table = table.detach().float().cpu().contiguous()
+    concept.buckets, concept.vectors, concept.dim = (int(s) for s in table.shape)
+    concept.created = concept.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    with atomic_dir(target, overwrite=True) as tmp:
+        save_file({TABLE_KEY: table}, str(tmp / TABLE_FILE), metadata={"format": "aas-timeinv", "token": concept.token})
+        concept.photos, concept.thumbnails, concept.validation = [], [], []
+        for i, img in enumerate(photos):
+            (tmp / "photos").mkdir(exist_ok=True)
+            (tmp / "thumbs").mkdir(exist_ok=True)
+            img.save(tmp / "photos" / f"{i:02d}.png")
+            thumbnail(img).save(tmp / "thumbs" / f"{i:02d}.jpg", quality=90)
+            concept.photos.append(f"photos/{i:02d}.png")
+            concept.thumbnails.append(f"thumbs/{i:02d}.jpg")
+        for path in validation:
+            (tmp / "validation").mkdir(exist_ok=True)
+            shutil.copyfile(path, tmp / "validation" / path.name)
+            concept.validation.append(f"validation/{path.name}")
+        concept.lora = lora_tensors is not None or lora_file is not None
+        if lora_tensors is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in lora_tensors.items()}, str(tmp / LORA_FILE))
+        elif lora_file is not None:
+            shutil.copyfile(lora_file, tmp / LORA_FILE)
+        atomic_write_json(tmp / META_FILE, concept.to_json())
+    concept.folder = target
+    concept._table = table
+    return concept
+
+
+def load_concept(name: str, root: Root = None, base_model: Optional[str] = None) -> Concept:
+    """Load a concept by name; with `base_model`, refuse one trained on another base model."""
+    folder = concept_folder(name, root)
+    meta = folder / META_FILE
+    if not meta.is_file():
+        known = ", ".join(c.name for c in list_concepts(root)) or "none yet"
+        raise InputError(f"no concept named {name!r} in {concepts_dir(root)} (known: {known}); train or import it first")
+    try:
+        concept = concept_from_json(json.loads(meta.read_text()), folder)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{meta} is damaged ({exc}); delete the concept (concept delete {name}) and train it again") from exc
+    if concept.format_version > FORMAT_VERSION:
+        raise InputError(f"concept {name} was written by a newer version (format {concept.format_version}); update aas_core")
+    if base_model is not None and concept.base_model != base_model:
+        raise InputError(
+            f"concept {name!r} was trained on base model {concept.base_model!r}, not {base_model!r}; "
+            f"train it again on {base_model} (or use the {concept.base_model} backend)"
+        )
+    return concept
+
+
+def list_concepts(root: Root = None) -> list[Concept]:
+    """Every readable concept under the concepts folder, sorted by name."""
+    folder = concepts_dir(root)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith(".") or not (child / META_FILE).is_file() or not NAME_PATTERN.match(child.name):
+            continue  # temp folders of atomic writes and training checkpoints start with '.'
+        try:
+            found.append(concept_from_json(json.loads((child / META_FILE).read_text()), child))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
+def delete_concept(name: str, root: Root = None) -> Path:
+    """Delete a concept folder (and any unfinished training of that name); returns the removed path."""
+    folder = concept_folder(name, root)
+    work = training_dir(name, root)
+    if not folder.exists() and not work.exists():
+        raise InputError(f"no concept named {name!r} in {concepts_dir(root)}; see `concept list`")
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
+def training_dir(name: str, root: Root = None) -> Path:
+    """Where an unfinished training of `name` keeps its checkpoint and validation images."""
+    return concepts_dir(root) / f".train-{check_name(name)}"
+

@@ -1,0 +1,30 @@
+"""Structure-guided shot generation: a prompt plus a depth sequence -> a video shot (AnimateDiff+ControlNet or Wan-VACE).
+
+Importing this package is cheap; torch and diffusers load on the first `generate` call.
+"""
+
+from aas_core.generate.spec import (
+    BACKENDS,
+    MEMORY_MODES,
+    SCHEDULERS,
+    Backend,
+    MemoryMode,
+    OutOfMemory,
+    SchedulerName,
+    ShotResult,
+    ShotSpec,
+)
+from aas_core.generate.run import generate
+
+__all__ = [
+    "BACKENDS",
+    "MEMORY_MODES",
+    "SCHEDULERS",
+    "Backend",
+    "MemoryMode",
+    "OutOfMemory",
+    "SchedulerName",
+    "ShotResult",
+    "ShotSpec",
+    "generate",
+]

@@ -1,0 +1,231 @@
+"""Load the two backends' diffusers pipelines from the weights folder, keep one cached, place it in memory."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from aas_core.device import Runtime
+from aas_core.errors import InputError, WeightsCorruptError, WeightsMissingError
+from aas_core.registry import get_spec
+from aas_core.weights import is_tiny, model_dir, weights_dir
+
+BACKEND_MODELS: dict[str, tuple[str, ...]] = {
+    "animatediff": ("sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15"),
+    "vace": ("wan2.1-vace-1.3b",),
+}
+"""Registry names each backend loads."""
+
+LEAN_ORDER: tuple[str, ...] = ("full", "vae_tiling", "model_offload", "sequential_offload")
+OFFLOAD_MODES = frozenset({"model_offload", "sequential_offload"})
+AUTO_VRAM_GB: dict[str, tuple[tuple[float, str], ...]] = {
+    # Free VRAM needed for each mode at 16 frames 512x512, half precision (see the README's figures);
+    # VACE's UMT5-XXL text encoder alone is ~11 GB in bf16, hence the higher bars.
+    "animatediff": ((20.0, "full"), (14.0, "vae_tiling"), (8.0, "model_offload")),
+    "vace": ((30.0, "full"), (24.0, "vae_tiling"), (14.0, "model_offload")),
+}
+
+
+@dataclass
+class LoadedPipeline:
+    """A ready pipeline and what it was built from."""
+
+    pipe: Any
+    backend: str
+    memory_mode: str
+    key: tuple
+    models: dict[str, dict[str, Any]]
+    """Registry name -> hub id, revision, tiny flag, local path (for params.json)."""
+    scheduler_config: dict[str, Any]
+    load_s: float
+    tiny: bool = field(default=False)
+
+
+_lock = threading.Lock()
+_current: Optional[LoadedPipeline] = None
+
+
+def resolve_memory_mode(requested: str, backend: str, runtime: Runtime) -> str:
+    """A concrete memory mode: `auto` from free VRAM; offloading only where there is an accelerator to offload from."""
+    if runtime.device != "cuda":
+        # CPU/MPS: nothing to offload to; VAE slicing/tiling still lowers peak RAM.
+        if requested in OFFLOAD_MODES:
+            return "vae_tiling"
+        return "full" if requested == "auto" else requested
+    if requested != "auto":
+        return requested
+    import torch
+
+    free_gb = torch.cuda.mem_get_info(runtime.torch_device)[0] / 2**30
+    for needed, mode in AUTO_VRAM_GB[backend]:
+        if free_gb >= needed:
+            return mode
+    return "sequential_offload"
+
+
+def leaner_mode(mode: str, device: str) -> Optional[str]:
+    """The next mode that uses less memory on `device`, or None when `mode` is already the leanest."""
+    order = LEAN_ORDER if device == "cuda" else LEAN_ORDER[:2]
+    index = order.index(mode) if mode in order else len(order)
+    return order[index + 1] if index + 1 < len(order) else None
+
+
+def current() -> Optional[LoadedPipeline]:
+    """The pipeline held in memory now, if any."""
+    return _current
+
+
+def release() -> None:
+    """Drop the cached pipeline and give its memory back (also used after an OOM)."""
+    global _current
+    with _lock:
+        _current = None
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # torch missing means nothing was ever loaded
+        pass
+
+
+def get_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
+    """The cached pipeline for these settings, loading it (and freeing any other) when they change."""
+    global _current
+    key = (backend, str(weights_dir(weights_root)), runtime.device, runtime.dtype_name, memory_mode)
+    if _current is not None and _current.key == key:
+        return _current
+    if _current is not None:
+        release()
+    loaded = load_pipeline(backend, weights_root, runtime, memory_mode)
+    with _lock:
+        _current = loaded
+    return loaded
+
+
+def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
+    """Build a backend's pipeline from the weights folder and place it per `memory_mode` (no caching)."""
+    if backend not in BACKEND_MODELS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_MODELS)}")
+    folders = {name: model_dir(name, weights_root) for name in BACKEND_MODELS[backend]}
+    start = time.perf_counter()
+    try:
+        pipe = _build_animatediff(folders, runtime) if backend == "animatediff" else _build_vace(folders, runtime)
+    except (WeightsMissingError, InputError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        names = " ".join(folders)
+        raise WeightsCorruptError(
+            f"the {backend} weights in {weights_dir(weights_root)} could not be loaded ({type(exc).__name__}: {exc}); "
+            f"fetch them again with: python -m aas_core weights download --force {names}"
+        ) from exc
+    for component in pipe.components.values():
+        # Modules built from configs (and the motion UNet AnimateDiff assembles) start in train mode: dropout on.
+        if hasattr(component, "eval"):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    _place(pipe, runtime, memory_mode)
+    models = {
+        name: {
+            "hub_id": get_spec(name).hub_id,
+            "revision": get_spec(name).revision,
+            "tiny": is_tiny(name, weights_root),
+            "path": str(folder),
+        }
+        for name, folder in folders.items()
+    }
+    return LoadedPipeline(
+        pipe=pipe,
+        backend=backend,
+        memory_mode=memory_mode,
+        key=(backend, str(weights_dir(weights_root)), runtime.device, runtime.dtype_name, memory_mode),
+        models=models,
+        scheduler_config=dict(pipe.scheduler.config),
+        load_s=time.perf_counter() - start,
+        tiny=any(m["tiny"] for m in models.values()),
+    )
+
+
+def _build_animatediff(folders: dict, runtime: Runtime) -> Any:
+    from diffusers import AnimateDiffControlNetPipeline, AutoencoderKL, ControlNetModel, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sd, dtype = folders["sd15"], runtime.dtype
+    pipe = AnimateDiffControlNetPipeline(
+        vae=AutoencoderKL.from_pretrained(sd / "vae", dtype=dtype),
+        text_encoder=CLIPTextModel.from_pretrained(sd / "text_encoder", dtype=dtype),
+        tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(sd / "unet", dtype=dtype),
+        motion_adapter=MotionAdapter.from_pretrained(folders["animatediff-motion-adapter-v1-5-3"], dtype=dtype),
+        controlnet=ControlNetModel.from_pretrained(folders["controlnet-depth-sd15"], dtype=dtype),
+        scheduler=DDIMScheduler.from_pretrained(sd / "scheduler"),
+        feature_extractor=None,
+        image_encoder=None,
+    )
+    return pipe
+
+
+def _build_vace(folders: dict, runtime: Runtime) -> Any:
+    import torch
+    from diffusers import AutoencoderKLWan, WanVACEPipeline
+
+    folder = folders["wan2.1-vace-1.3b"]
+    # Wan's VAE is kept in float32 (its own recommendation); the transformer and text encoder use the runtime dtype.
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae", dtype=torch.float32)
+    return WanVACEPipeline.from_pretrained(folder, vae=vae, dtype=runtime.dtype)
+
+
+def _place(pipe: Any, runtime: Runtime, memory_mode: str) -> None:
+    if memory_mode == "model_offload":
+        pipe.enable_model_cpu_offload(device=runtime.device)
+    elif memory_mode == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=runtime.device)
+    else:
+        pipe.to(runtime.device)
+    if memory_mode != "full":
+        pipe.vae.enable_slicing()
+        pipe.vae.enable_tiling()
+
+
+def make_scheduler(loaded: LoadedPipeline, name: str) -> Any:
+    """A fresh scheduler of kind `name` configured for the backend (linear betas for AnimateDiff, flow for Wan)."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    config = loaded.scheduler_config
+    if loaded.backend == "vace":
+        if name in ("default", "unipc"):
+            return UniPCMultistepScheduler.from_config(config)
+        if name == "dpm++":
+            return DPMSolverMultistepScheduler.from_config(config)
+        if name == "euler":
+            return FlowMatchEulerDiscreteScheduler(shift=config.get("flow_shift", 3.0))
+        raise InputError(f"scheduler {name!r} does not work with VACE")
+    # AnimateDiff's motion modules were trained on SD1.5 with a linear beta schedule (its authors' setting).
+    common = {"beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
+    if name in ("default", "ddim"):
+        return DDIMScheduler.from_config(config, **common)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, **common, algorithm_type="dpmsolver++", use_karras_sigmas=True)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config, **common)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(config, **common)
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config, **common)
+    raise InputError(f"unknown scheduler {name!r}")

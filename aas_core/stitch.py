@@ -1,0 +1,378 @@
+"""Story assembly with moviepy 2.x: shots at one fps and size, transitions, captions, title, music.
+
+Also the storyboard contact sheet (PNG) and the per-shot "source | depth | generated" comparison video.
+Text is drawn with Pillow (one code path for captions, title card, sheet and labels) in DejaVu Sans
+when the system has it, else Pillow's built-in scalable font, so no font download is ever needed.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
+
+import numpy as np
+
+from aas_core.errors import InputError
+from aas_core.fsutil import atomic_path
+from aas_core.progress import CancelToken, ProgressFn, report
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
+
+Transition = Literal["cut", "crossfade", "fade_black"]
+TRANSITIONS: tuple[str, ...] = ("cut", "crossfade", "fade_black")
+
+FONT_CANDIDATES: tuple[str, ...] = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",  # Debian/Ubuntu fonts-dejavu-core
+    "/usr/share/fonts/dejavu/DejaVuSans-Bold.ttf",  # Fedora
+    "/usr/share/fonts/TTF/DejaVuSans-Bold.ttf",  # Arch
+    "/Library/Fonts/DejaVuSans-Bold.ttf",
+)
+"""Where DejaVu Sans Bold (Bitstream Vera licence, free to use and ship) usually lives; `$AAS_FONT` wins."""
+
+X264_PARAMS: tuple[str, ...] = ("-pix_fmt", "yuv420p", "-movflags", "+faststart")
+
+
+@dataclass
+class StitchShot:
+    """One shot to assemble: its video file, caption, and the transition into the next shot."""
+
+    path: str
+    caption: str = ""
+    transition: Transition = "cut"
+    transition_duration: float = 0.5
+
+
+@dataclass
+class StitchSettings:
+    """Output settings of one assembly."""
+
+    fps: float = 8.0
+    size: Optional[tuple[int, int]] = None
+    """(width, height); None = the first shot's size. Shots of another shape are letterboxed."""
+    title: str = ""
+    title_duration: float = 2.0
+    captions: bool = True
+    font_size: int = 0
+    """Caption text height in pixels; 0 = 1/14 of the frame height."""
+    music: Optional[str] = None
+    music_start: float = 0.0
+    music_volume: float = 1.0
+    music_fade_out: float = 2.0
+    crf: int = 18
+    preset: str = "medium"
+
+
+@dataclass
+class StitchResult:
+    """The assembled video and where each shot sits in it."""
+
+    path: str
+    duration: float
+    fps: float
+    width: int
+    height: int
+    segments: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) seconds of each shot in the output, title card excluded."""
+    has_audio: bool = False
+
+
+def font(size: int) -> "ImageFont.FreeTypeFont":
+    """A scalable font: $AAS_FONT, else DejaVu Sans Bold, else Pillow's bundled font (offline always)."""
+    from PIL import ImageFont
+
+    for candidate in (os.environ.get("AAS_FONT"), *FONT_CANDIDATES):
+        if candidate and Path(candidate).is_file():
+            return ImageFont.truetype(candidate, size)
+    return ImageFont.load_default(size)
+
+
+def render_text(
+    text: str,
+    width: int,
+    size: int,
+    colour: tuple[int, int, int] = (255, 255, 255),
+    stroke: int = -1,
+    align: Literal["left", "center"] = "center",
+) -> np.ndarray:
+    """Text wrapped to `width` pixels as an (h, width, 4) uint8 RGBA image, outlined in black."""
+    from PIL import Image, ImageDraw
+
+    face = font(size)
+    stroke = max(1, size // 12) if stroke < 0 else stroke
+    avg = max(face.getlength("abcdefghijklmnopqrstuvwxyz") / 26, 1.0)
+    chars = max(int((width - 2 * stroke - 4) / avg), 1)
+    lines = [ln for para in text.splitlines() for ln in (textwrap.wrap(para, chars) or [""])]
+    wrapped = "\n".join(lines)
+    probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+    box = probe.multiline_textbbox((0, 0), wrapped, font=face, stroke_width=stroke, align=align)
+    height = box[3] - min(box[1], 0) + 2 * stroke + 2
+    image = Image.new("RGBA", (width, max(height, 1)), (0, 0, 0, 0))
+    x = width / 2 if align == "center" else stroke + 2
+    ImageDraw.Draw(image).multiline_text(
+        (x, stroke + 1 - min(box[1], 0)),
+        wrapped,
+        font=face,
+        fill=(*colour, 255),
+        stroke_width=stroke,
+        stroke_fill=(0, 0, 0, 255),
+        anchor="ma" if align == "center" else "la",
+        align=align,
+    )
+    return np.asarray(image)
+
+
+def overlap(a: StitchShot, dur_a: float, dur_b: float) -> float:
+    """Seconds shot `a` and the next one overlap: the crossfade length, bounded by half of either shot."""
+    if a.transition != "crossfade":
+        return 0.0
+    return max(0.0, min(a.transition_duration, dur_a / 2, dur_b / 2))
+
+
+def _fade(a: StitchShot, dur_a: float, dur_b: float) -> float:
+    """Fade-through-black half length (out of `a`, then into the next), bounded by half of either shot."""
+    if a.transition != "fade_black":
+        return 0.0
+    return max(0.0, min(a.transition_duration / 2, dur_a / 2, dur_b / 2))
+
+
+def timeline(shots: Sequence[StitchShot], durations: Sequence[float], title_duration: float = 0.0) -> tuple[list[float], float]:
+    """Start time of each shot and the total duration: sum of shots (+ title) minus crossfade overlaps."""
+    starts, t = [], title_duration
+    for i, dur in enumerate(durations):
+        if i > 0:
+            t -= overlap(shots[i - 1], durations[i - 1], dur)
+        starts.append(t)
+        t += dur
+    return starts, t
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size rounded down to even sides (yuv420p needs them)."""
+    if width < 2 or height < 2:
+        raise InputError(f"a {width}x{height} frame is too small to encode")
+    return width - width % 2, height - height % 2
+
+
+def _logger(on_progress: Optional[ProgressFn], cancel: Optional[CancelToken], total_frames: int):
+    """A proglog logger forwarding moviepy's frame bar to a ProgressFn and honouring a CancelToken."""
+    from proglog import ProgressBarLogger
+
+    class Logger(ProgressBarLogger):
+        def bars_callback(self, bar, attr, value, old_value=None):  # noqa: ANN001 - proglog's signature
+            if cancel is not None:
+                cancel.check()
+            if bar == "frame_index" and attr == "index":
+                report(on_progress, 0.1 + 0.9 * value / max(total_frames, 1), f"encoding frame {value}/{total_frames}")
+
+    return Logger()
+
+
+def _fit(clip, size: tuple[int, int]):
+    """Scale a clip to fit inside `size` keeping its aspect (letterboxed later by the composite)."""
+    w, h = clip.size
+    if (w, h) == tuple(size):
+        return clip
+    scale = min(size[0] / w, size[1] / h)
+    return clip.resized(new_size=(max(2, round(w * scale)), max(2, round(h * scale))))
+
+
+def stitch(
+    shots: Sequence[StitchShot],
+    out_path: str | os.PathLike[str],
+    settings: Optional[StitchSettings] = None,
+    on_progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> StitchResult:
+    """Assemble shot videos into one H.264 yuv420p +faststart mp4 (atomic write)."""
+    from moviepy import AudioFileClip, ColorClip, CompositeVideoClip, ImageClip, VideoFileClip, afx, vfx
+
+    settings = settings or StitchSettings()
+    if not shots:
+        raise InputError("nothing to stitch: no finished shots; run the story first")
+    if settings.fps <= 0:
+        raise InputError(f"fps must be positive, got {settings.fps}")
+    for shot in shots:
+        if shot.transition not in TRANSITIONS:
+            raise InputError(f"unknown transition {shot.transition!r}; choose one of {', '.join(TRANSITIONS)}")
+        if not Path(shot.path).is_file():
+            raise InputError(f"shot video {shot.path} is missing; run the story again to regenerate it")
+    if settings.music and not Path(settings.music).is_file():
+        raise InputError(f"music file {settings.music} does not exist; check the path")
+    report(on_progress, 0.0, "opening shots")
+    sources = [VideoFileClip(str(s.path), audio=False) for s in shots]
+    opened = list(sources)
+    try:
+        size = even_size(*(settings.size or sources[0].size))
+        durations = [float(c.duration) for c in sources]
+        title_duration = settings.title_duration if settings.title else 0.0
+        starts, total = timeline(shots, durations, title_duration)
+        font_size = settings.font_size or max(10, size[1] // 14)
+        layers = []
+        if settings.title:
+            text = render_text(settings.title, int(size[0] * 0.9), max(12, size[1] // 9))
+            card = CompositeVideoClip(
+                [ImageClip(text, duration=title_duration).with_position("center")], size=size, bg_color=(0, 0, 0)
+            ).with_duration(title_duration)
+            layers.append(card.with_effects([vfx.FadeIn(title_duration / 4), vfx.FadeOut(title_duration / 4)]))
+        for i, (shot, clip) in enumerate(zip(shots, sources)):
+            parts = [_fit(clip, size).with_position("center")]
+            if settings.captions and shot.caption.strip():
+                text = render_text(shot.caption, int(size[0] * 0.92), font_size)
+                parts.append(ImageClip(text, duration=durations[i]).with_position(("center", size[1] - text.shape[0] - size[1] // 24)))
+            layer = CompositeVideoClip(parts, size=size, bg_color=(0, 0, 0)).with_duration(durations[i])
+            effects = []
+            if i > 0:
+                prev = shots[i - 1]
+                cross = overlap(prev, durations[i - 1], durations[i])
+                fade_in = _fade(prev, durations[i - 1], durations[i])
+                if cross > 0:
+                    effects.append(vfx.CrossFadeIn(cross))
+                if fade_in > 0:
+                    effects.append(vfx.FadeIn(fade_in))
+            if i + 1 < len(shots):
+                fade_out = _fade(shot, durations[i], durations[i + 1])
+                if fade_out > 0:
+                    effects.append(vfx.FadeOut(fade_out))
+            layers.append(layer.with_effects(effects).with_start(starts[i]))
+        if not layers:
+            layers.append(ColorClip(size, (0, 0, 0), duration=total))
+        final = CompositeVideoClip(layers, size=size, bg_color=(0, 0, 0)).with_duration(total)
+        final.mask = None
+        if settings.music:
+            try:
+                music = AudioFileClip(str(settings.music))
+            except (OSError, KeyError, IndexError) as exc:
+                raise InputError(f"cannot read music {settings.music} ({exc}); use an mp3, wav, m4a or ogg file") from exc
+            opened.append(music)
+            start = min(max(settings.music_start, 0.0), max(music.duration - 0.1, 0.0))
+            music = music.subclipped(start, min(music.duration, start + total))
+            music = music.with_effects(
+                [afx.MultiplyVolume(settings.music_volume), afx.AudioFadeOut(min(settings.music_fade_out, music.duration))]
+            )
+            final = final.with_audio(music)
+        out_path = Path(out_path)
+        frames = int(round(total * settings.fps))
+        with atomic_path(out_path, suffix=".mp4") as tmp:
+            final.write_videofile(
+                str(tmp),
+                fps=settings.fps,
+                codec="libx264",
+                preset=settings.preset,
+                audio=bool(settings.music),
+                audio_codec="aac",
+                temp_audiofile_path=str(out_path.parent),
+                ffmpeg_params=["-crf", str(settings.crf), *X264_PARAMS],
+                logger=_logger(on_progress, cancel, frames),
+            )
+    finally:
+        for clip in opened:
+            clip.close()
+    report(on_progress, 1.0, "stitched")
+    return StitchResult(
+        path=str(out_path),
+        duration=total,
+        fps=settings.fps,
+        width=size[0],
+        height=size[1],
+        segments=[(s, s + d) for s, d in zip(starts, durations)],
+        has_audio=bool(settings.music),
+    )
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[1] == size[0] and image.shape[0] == size[1]:
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def _paste(canvas: np.ndarray, rgba: np.ndarray, x: int, y: int) -> None:
+    """Alpha-blend an RGBA image onto an RGB canvas in place (clipped to the canvas)."""
+    h = min(rgba.shape[0], canvas.shape[0] - y)
+    w = min(rgba.shape[1], canvas.shape[1] - x)
+    if h <= 0 or w <= 0:
+        return
+    alpha = rgba[:h, :w, 3:4].astype(np.float32) / 255.0
+    region = canvas[y : y + h, x : x + w].astype(np.float32)
+    canvas[y : y + h, x : x + w] = (rgba[:h, :w, :3] * alpha + region * (1 - alpha)).astype(np.uint8)
+
+
+@dataclass
+class StoryboardRow:
+    """One shot on the contact sheet: a label, a caption and a few of its frames."""
+
+    label: str
+    caption: str
+    frames: list[np.ndarray]
+
+
+def contact_sheet(rows: Sequence[StoryboardRow], out_path: str | os.PathLike[str], thumb_height: int = 128) -> Path:
+    """A storyboard PNG: one row per shot (label + caption above its frames), written atomically."""
+    from PIL import Image
+
+    if not rows:
+        raise InputError("nothing to put on a storyboard: no finished shots")
+    pad = 8
+    cols = max(len(r.frames) for r in rows)
+    aspect = rows[0].frames[0].shape[1] / rows[0].frames[0].shape[0]
+    thumb = (max(8, round(thumb_height * aspect)), thumb_height)
+    width = pad + cols * (thumb[0] + pad)
+    text_size = max(10, thumb_height // 9)
+    blocks = []
+    for row in rows:
+        text = render_text(f"{row.label}  {row.caption}".strip(), width - 2 * pad, text_size, stroke=0, align="left")
+        block = np.full((text.shape[0] + thumb[1] + 2 * pad, width, 3), 24, np.uint8)
+        _paste(block, text, pad, pad // 2)
+        for j, frame in enumerate(row.frames):
+            x, y = pad + j * (thumb[0] + pad), text.shape[0] + pad
+            block[y : y + thumb[1], x : x + thumb[0]] = _resize(np.asarray(frame)[..., :3], thumb)
+        blocks.append(block)
+    out_path = Path(out_path)
+    with atomic_path(out_path, suffix=".png") as tmp:
+        Image.fromarray(np.concatenate(blocks)).save(tmp, format="PNG")
+    return out_path
+
+
+def comparison_frames(
+    source: np.ndarray,
+    depth: np.ndarray,
+    generated: np.ndarray,
+    labels: tuple[str, str, str] = ("source", "depth", "generated"),
+) -> np.ndarray:
+    """(T, H, 3W, 3) uint8 side by side "source | depth | generated", labelled, at the generated size and length."""
+    generated = np.asarray(generated)
+    t_out, h, w = generated.shape[:3]
+    depth = np.asarray(depth)
+    if depth.dtype != np.uint8:
+        depth = np.clip(np.round(depth * 255.0), 0, 255).astype(np.uint8)
+    if depth.ndim == 3:
+        depth = np.repeat(depth[..., None], 3, axis=3)
+    panels = [np.asarray(source), depth, generated]
+    tags = [render_text(label, w, max(10, h // 14)) for label in labels]
+    out = np.empty((t_out, h, 3 * w, 3), np.uint8)
+    for t in range(t_out):
+        for k, panel in enumerate(panels):
+            # Nearest frame in time: sources may be sampled at another length than the shot.
+            frame = panel[min(len(panel) - 1, round(t * len(panel) / t_out))]
+            tile = _resize(np.ascontiguousarray(frame[..., :3]), (w, h)).copy()
+            _paste(tile, tags[k], 0, 2)
+            out[t, :, k * w : (k + 1) * w] = tile
+    return out
+
+
+def comparison_video(
+    source: np.ndarray,
+    depth: np.ndarray,
+    generated: np.ndarray,
+    out_path: str | os.PathLike[str],
+    fps: float,
+) -> Path:
+    """Write the "source | depth | generated" comparison mp4 of one shot."""
+    from aas_core.video_io import write_video
+
+    return write_video(out_path, comparison_frames(source, depth, generated), fps)
