@@ -265,3 +265,13 @@ def test_cli_writes_frames_previews_and_params(clip, root, tmp_path, capsys):
     assert main(["depth", str(clip), "--weights", str(root), "--out", str(other), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["ok"] is False and (other / "keep.txt").read_text() == "user data"
     assert main(["depth", str(clip), "--size", "100000x8", "--weights", str(root), "--json"]) == 2
+
+
+def test_midas_dpt_hybrid_real_layout(tiny_root, clip, tmp_path):
+    # controlnet_aux fixes the architecture: the stand-in is full-size DPT-Hybrid with random weights,
+    # read from the exact file name MidasDetector expects.
+    root = ensure_tiny(tiny_root, "midas-dpt-hybrid")
+    assert (root / "midas-dpt-hybrid" / "dpt_hybrid-midas-501f0c75.pt").is_file()
+    dv = run(clip, root, tmp_path, frames=2, size=(64, 48), estimator="midas-dpt-hybrid")
+    assert dv.frames.shape == (2, 48, 64) and np.isfinite(dv.frames).all() and dv.frames.std() > 0.01
+    assert dv.estimator == "midas-dpt-hybrid" and dv.settings["weights"]["hub_id"] == "lllyasviel/Annotators"

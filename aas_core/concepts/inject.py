@@ -191,10 +191,9 @@ def apply_concepts(
             handle.remove()
         swap.remove()
         pipe.tokenizer = original_tokenizer
-        if adapters:
-            loaded = set(a for names in pipe.get_list_adapters().values() for a in names)
-            ours = [a for _, a in adapters if a in loaded]
-            if ours:
-                pipe.delete_adapters(ours)
-            if previous_adapters:
-                pipe.set_adapters(previous_adapters)
+        if adapters and not previous_adapters:
+            pipe.unload_lora_weights()  # no LoRA before us: take the adapter layers out entirely
+        elif adapters:
+            loaded = {a for names in pipe.get_list_adapters().values() for a in names}
+            pipe.delete_adapters([a for _, a in adapters if a in loaded])
+            pipe.set_adapters(previous_adapters)

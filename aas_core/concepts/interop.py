@@ -15,7 +15,8 @@ from aas_core.fsutil import atomic_path
 if TYPE_CHECKING:
     import torch
 
-TEXT_ENCODER_EMBEDDING_KEY = "text_model.embeddings.token_embedding.weight"
+TOKEN_EMBEDDING_SUFFIX = "embeddings.token_embedding.weight"
+"""Hub SD1.5 files name it `text_model.embeddings...`; transformers 5 saves it without the prefix."""
 
 
 def export_textual_inversion(concept: Concept, out: str | os.PathLike[str]) -> Path:
@@ -154,7 +155,8 @@ def import_lora(
 
     ids = CLIPTokenizer.from_pretrained(folder / "tokenizer")(words, add_special_tokens=False).input_ids
     with safe_open(str(folder / "text_encoder" / "model.safetensors"), framework="pt") as fh:
-        vectors = fh.get_tensor(TEXT_ENCODER_EMBEDDING_KEY)[torch.tensor(ids)].float()
+        key = next(k for k in fh.keys() if k.endswith(TOKEN_EMBEDDING_SUFFIX))
+        vectors = fh.get_tensor(key)[torch.tensor(ids)].float()
     concept = _new_concept(name, class_word, base_model, root, "imported-lora", folder / "scheduler")
     concept.settings = {"imported_from": path.name, "trigger": words, "token": token_for(name)}
     return write_concept(concept, vectors[None], root, overwrite=overwrite, lora_file=path)

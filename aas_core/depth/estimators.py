@@ -14,7 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Optional, get_args
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, get_args
 
 import numpy as np
 
@@ -47,7 +47,9 @@ class DepthEstimator:
     tiny: bool
     runtime: "Runtime"
     predict_batch: Callable[[np.ndarray], np.ndarray]
-    default_batch: int = 4
+    default_batch: int
+    network: Any
+    """The torch module doing the work (for parameter counts, moving, inspection)."""
 
     def predict(self, frames: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
         """Raw nearness for every frame, in batches (no normalisation)."""
@@ -85,13 +87,13 @@ def load_estimator(
         if key not in _LOADED:
             folder = model_dir(name, weights_root)
             try:
-                predict, batch = _BUILDERS[name](folder, runtime)
+                predict, batch, network = _BUILDERS[name](folder, runtime)
             except (RuntimeError, KeyError, OSError, ValueError) as exc:
                 raise WeightsCorruptError(
                     f"could not load {name} from {folder} ({exc}); fetch it again with: "
                     f"python -m aas_core weights download {name} --force"
                 ) from exc
-            _LOADED[key] = DepthEstimator(name, folder, is_tiny(name, weights_root), runtime, predict, batch)
+            _LOADED[key] = DepthEstimator(name, folder, is_tiny(name, weights_root), runtime, predict, batch, network)
         return _LOADED[key]
 
 
@@ -137,13 +139,14 @@ def _build_depth_anything(folder: Path, runtime: "Runtime"):
     model = DepthAnythingForDepthEstimation.from_pretrained(str(folder), dtype=runtime.dtype).to(runtime.device).eval()
 
     def predict(frames: np.ndarray) -> np.ndarray:
-        inputs = processor(images=list(frames), return_tensors="pt")
+        # The torchvision-backed processor resizes on the model's device (fast on a GPU).
+        inputs = processor(images=list(frames), return_tensors="pt", device=runtime.device)
         pixels = inputs["pixel_values"].to(runtime.device, runtime.dtype)
         with torch.inference_mode():
             pred = model(pixel_values=pixels).predicted_depth  # relative disparity: larger = nearer
         return _to_size(pred, frames.shape[1], frames.shape[2])
 
-    return predict, 8 if runtime.device != "cpu" else 4
+    return predict, 8 if runtime.device != "cpu" else 4, model
 
 
 def _build_midas(folder: Path, runtime: "Runtime"):
@@ -159,7 +162,7 @@ def _build_midas(folder: Path, runtime: "Runtime"):
             pred = net(x.to(runtime.device))  # inverse relative depth: larger = nearer
         return _to_size(pred, frames.shape[1], frames.shape[2])
 
-    return predict, 8 if runtime.device != "cpu" else 2
+    return predict, 8 if runtime.device != "cpu" else 2, net
 
 
 def _build_zoe(folder: Path, runtime: "Runtime"):
@@ -174,7 +177,7 @@ def _build_zoe(folder: Path, runtime: "Runtime"):
             metric = net.infer(x.to(runtime.device))[:, 0]  # metres: larger = farther
         return -_to_size(metric, frames.shape[1], frames.shape[2])
 
-    return predict, 4 if runtime.device != "cpu" else 1
+    return predict, 4 if runtime.device != "cpu" else 1, net
 
 
 @contextlib.contextmanager
@@ -208,10 +211,10 @@ def _build_leres(folder: Path, runtime: "Runtime"):
             depth = net.depth_model(x.to(runtime.device))[:, 0]  # affine-invariant depth: larger = farther
         return -_to_size(depth, frames.shape[1], frames.shape[2])
 
-    return predict, 4 if runtime.device != "cpu" else 2
+    return predict, 4 if runtime.device != "cpu" else 2, net
 
 
-_BUILDERS: dict[str, Callable[[Path, "Runtime"], tuple[Callable[[np.ndarray], np.ndarray], int]]] = {
+_BUILDERS: dict[str, Callable[[Path, "Runtime"], tuple[Callable[[np.ndarray], np.ndarray], int, Any]]] = {
     "depth-anything-v2-small": _build_depth_anything,
     "midas-dpt-hybrid": _build_midas,
     "zoedepth": _build_zoe,

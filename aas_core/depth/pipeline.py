@@ -96,7 +96,6 @@ def depth_from_clip(
         "smoothing": float(smoothing),
         "normalize": normalize_mode,
         "percentiles": list(PERCENTILES),
-        "requested_span": [start, end],
         "weights": {k: fingerprint[k] for k in ("hub_id", "tiny")},
         "runtime": {"device": runtime.device, "dtype": runtime.dtype_name},
     }

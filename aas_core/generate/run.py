@@ -258,26 +258,31 @@ def generate(
     mode = pipelines.resolve_memory_mode(spec.memory_mode, spec.backend, runtime)
     oom_retries = 0
     while True:
+        failure = ""
         try:
-            report(on_progress, 0.0, f"loading {spec.backend} ({mode})")
-            cached = pipelines.current()
+            report(on_progress, 0.0 if not oom_retries else LOAD_SHARE, f"loading {spec.backend} ({mode})")
+            # Compare keys, not objects: holding the old pipeline here would keep it alive while the new one loads.
+            before = getattr(pipelines.current(), "key", None)
             loaded = pipelines.get_pipeline(spec.backend, weights_root, runtime, mode)
-            load_s = 0.0 if cached is loaded else loaded.load_s
+            load_s = 0.0 if before == loaded.key else loaded.load_s
             report(on_progress, LOAD_SHARE, "denoising")
             with _concepts_applied(loaded.pipe, concepts, spec.backend):
                 frames, timings, extra = _call_pipeline(loaded, spec, control, references, on_progress, cancel)
             break
         except torch.OutOfMemoryError as exc:
-            pipelines.release()
-            leaner = pipelines.leaner_mode(mode, runtime.device)
-            if oom_retries >= 1 or leaner is None:
-                raise OutOfMemory(
-                    f"out of {runtime.device} memory making {spec.frames} frames at {spec.width}x{spec.height} "
-                    f"in memory mode {mode!r}{' (already retried once in a leaner mode)' if oom_retries else ''}: "
-                    "lower the frame count or the size, or choose memory_mode sequential_offload"
-                ) from exc
-            oom_retries += 1
-            mode = leaner
+            failure = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        # Out of the except block the traceback (and the tensors its frames hold) is gone, so memory really frees.
+        loaded = None
+        pipelines.release()
+        leaner = pipelines.leaner_mode(mode, runtime.device)
+        if oom_retries >= 1 or leaner is None:
+            raise OutOfMemory(
+                f"out of {runtime.device} memory making {spec.frames} frames at {spec.width}x{spec.height} "
+                f"in memory mode {mode!r}{' (already retried once in a leaner mode)' if oom_retries else ''} "
+                f"({failure}): lower the frame count or the size, or choose memory_mode sequential_offload"
+            )
+        oom_retries += 1
+        mode = leaner
     if cancel is not None:
         cancel.check()
     report(on_progress, LOAD_SHARE + STEPS_SHARE, "writing frames and video")

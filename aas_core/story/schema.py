@@ -233,7 +233,7 @@ def parse_story(text: str, source: str = "story") -> Story:
             msg = err["msg"]
             if err["type"] == "unexpected_keyword_argument":
                 msg = "unknown field (check the spelling; see the story schema in the README)"
-            elif err["type"] == "missing_argument":
+            elif err["type"] in ("missing", "missing_argument", "missing_keyword_only_argument"):
                 msg = "required field is missing"
             problems.append(f"{source} line {line}: {_dotted(loc) or 'top level'}: {msg}")
         shown = problems[:MAX_ERRORS_SHOWN]

@@ -31,7 +31,7 @@ DEPTH_ANYTHING_PREPROCESSOR = {
 
 
 def tiny_depth_anything_config() -> dict:
-    """A DepthAnythingForDepthEstimation config shaped like V2-Small (4 taps, patch 14) but ~60k params."""
+    """A DepthAnythingForDepthEstimation config shaped like V2-Small (4 taps, patch 14) but ~0.2M params."""
     return {
         "architectures": ["DepthAnythingForDepthEstimation"],
         "model_type": "depth_anything",

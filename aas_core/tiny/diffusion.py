@@ -14,7 +14,7 @@ import copy
 import gzip
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from aas_core.registry import ModelSpec
 
@@ -339,8 +339,8 @@ def _save_model(model: Any, folder: Path, **kwargs: Any) -> None:
     model.save_pretrained(str(folder), safe_serialization=True, **kwargs)
 
 
-def write_tiny_sd15(folder: Path, spec: ModelSpec) -> None:
-    """Tiny random Stable Diffusion 1.5 in the hub's diffusers layout (no safety checker)."""
+def write_tiny_sd15(folder: Path, spec: Optional[ModelSpec] = None, real: bool = False) -> None:
+    """Tiny (or, with `real`, full-size) random Stable Diffusion 1.5 in the hub's diffusers layout (no safety checker)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -350,30 +350,33 @@ def write_tiny_sd15(folder: Path, spec: ModelSpec) -> None:
     PNDMScheduler.from_config(config_with(REAL_SD15_SCHEDULER, {})).save_pretrained(str(folder / "scheduler"))
     write_clip_tokenizer(folder / "tokenizer")
     torch.manual_seed(0)
-    text_config = CLIPTextConfig(**config_with(REAL_SD15_TEXT_ENCODER, TINY_SD15_TEXT_ENCODER))
+    text_config = CLIPTextConfig(**config_with(REAL_SD15_TEXT_ENCODER, {} if real else TINY_SD15_TEXT_ENCODER))
     _save_model(CLIPTextModel(text_config), folder / "text_encoder")
     torch.manual_seed(1)
-    _save_model(UNet2DConditionModel.from_config(config_with(REAL_SD15_UNET, TINY_SD15_UNET)), folder / "unet")
+    _save_model(UNet2DConditionModel.from_config(config_with(REAL_SD15_UNET, {} if real else TINY_SD15_UNET)), folder / "unet")
     torch.manual_seed(2)
-    _save_model(AutoencoderKL.from_config(config_with(REAL_SD15_VAE, TINY_SD15_VAE)), folder / "vae")
+    _save_model(AutoencoderKL.from_config(config_with(REAL_SD15_VAE, {} if real else TINY_SD15_VAE)), folder / "vae")
 
 
-def write_tiny_motion_adapter(folder: Path, spec: ModelSpec) -> None:
-    """Tiny random AnimateDiff v3 motion adapter matching the tiny SD1.5 UNet."""
+def write_tiny_motion_adapter(folder: Path, spec: Optional[ModelSpec] = None, real: bool = False) -> None:
+    """Tiny (or full-size) random AnimateDiff v3 motion adapter matching the SD1.5 UNet of the same size."""
     import torch
     from diffusers import MotionAdapter
 
     torch.manual_seed(3)
-    _save_model(MotionAdapter.from_config(config_with(REAL_MOTION_ADAPTER_V153, TINY_MOTION_ADAPTER)), folder)
+    _save_model(MotionAdapter.from_config(config_with(REAL_MOTION_ADAPTER_V153, {} if real else TINY_MOTION_ADAPTER)), folder)
 
 
-def write_tiny_controlnet(folder: Path, spec: ModelSpec) -> None:
-    """Tiny random SD1.5 depth ControlNet matching the tiny SD1.5 UNet."""
+def write_tiny_controlnet(folder: Path, spec: Optional[ModelSpec] = None, real: bool = False) -> None:
+    """Tiny (or full-size) random SD1.5 depth ControlNet matching the SD1.5 UNet of the same size."""
     import torch
     from diffusers import ControlNetModel
 
     torch.manual_seed(4)
-    model = ControlNetModel.from_config(config_with(REAL_CONTROLNET_SD15, TINY_CONTROLNET))
+    model = ControlNetModel.from_config(config_with(REAL_CONTROLNET_SD15, {} if real else TINY_CONTROLNET))
+    if real:
+        _save_model(model, folder)
+        return
     # A fresh ControlNet has zero-initialised output convolutions (no effect at all); random tiny
     # weights must make the depth input matter, or structure tests could not see it.
     with torch.no_grad():
@@ -387,8 +390,12 @@ def write_tiny_controlnet(folder: Path, spec: ModelSpec) -> None:
     _save_model(model, folder)
 
 
-def write_tiny_wan_vace(folder: Path, spec: ModelSpec) -> None:
-    """Tiny random Wan2.1-VACE pipeline in the hub's diffusers layout (sharded like the real one)."""
+def write_tiny_wan_vace(folder: Path, spec: Optional[ModelSpec] = None, real: bool = False) -> None:
+    """Tiny random Wan2.1-VACE pipeline in the hub's diffusers layout (sharded like the real one).
+
+    With `real`: the full-size transformer and VAE, and a one-layer UMT5 at full width standing in for the
+    24-layer text encoder (23 GB in float32: it would not fit beside the rest in this machine's RAM).
+    """
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -397,10 +404,12 @@ def write_tiny_wan_vace(folder: Path, spec: ModelSpec) -> None:
     UniPCMultistepScheduler.from_config(config_with(REAL_WAN_SCHEDULER, {})).save_pretrained(str(folder / "scheduler"))
     vocab_size = write_t5_tokenizer(folder / "tokenizer")
     torch.manual_seed(5)
-    text_config = UMT5Config(**config_with(REAL_UMT5_XXL_ENCODER, {**TINY_UMT5, "vocab_size": vocab_size}))
-    _save_model(UMT5EncoderModel(text_config), folder / "text_encoder", max_shard_size="200KB")
+    text_overrides = {"num_layers": 1, "num_decoder_layers": 1} if real else TINY_UMT5
+    text_config = UMT5Config(**config_with(REAL_UMT5_XXL_ENCODER, {**text_overrides, "vocab_size": vocab_size}))
+    shard = "5GB" if real else "200KB"
+    _save_model(UMT5EncoderModel(text_config), folder / "text_encoder", max_shard_size=shard)
     torch.manual_seed(6)
-    transformer = WanVACETransformer3DModel.from_config(config_with(REAL_WAN_VACE_TRANSFORMER_1_3B, TINY_WAN_TRANSFORMER))
-    _save_model(transformer, folder / "transformer", max_shard_size="200KB")
+    transformer = WanVACETransformer3DModel.from_config(config_with(REAL_WAN_VACE_TRANSFORMER_1_3B, {} if real else TINY_WAN_TRANSFORMER))
+    _save_model(transformer, folder / "transformer", max_shard_size=shard)
     torch.manual_seed(7)
-    _save_model(AutoencoderKLWan.from_config(config_with(REAL_WAN_VAE, TINY_WAN_VAE)), folder / "vae")
+    _save_model(AutoencoderKLWan.from_config(config_with(REAL_WAN_VAE, {} if real else TINY_WAN_VAE)), folder / "vae")

@@ -1,0 +1,108 @@
+"""App settings from flags and environment (no gradio): weights, tiny preview, multi-user mode, limits."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from aas_core.weights import status, weights_dir, write_tiny
+
+TINY_MODELS: tuple[str, ...] = (
+    "clip-vit-b-32",
+    "depth-anything-v2-small",
+    "sd15",
+    "animatediff-motion-adapter-v1-5-3",
+    "controlnet-depth-sd15",
+    "wan2.1-vace-1.3b",
+)
+"""What the --tiny preview writes: one CLIP, the default depth estimator and both generation backends."""
+
+TINY_LABEL = (
+    "**Workflow preview**: this app runs on tiny random-weight models (`--tiny`). Every picture and video it makes is "
+    "noise that only shows the workflow; download the real models (`python -m aas_core weights download`) for real results."
+)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def app_cache_dir() -> Path:
+    """Where the app keeps tiny models and sample media: $AAS_APP_DIR or the user cache folder."""
+    env = os.environ.get("AAS_APP_DIR")
+    if env:
+        return Path(env).expanduser().absolute()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("animate-a-story"))
+
+
+@dataclass
+class AppConfig:
+    """Everything the UI needs to know about where things live and how much a visitor may upload."""
+
+    weights_root: Path
+    tiny: bool = False
+    multi_user: bool = False
+    cache_dir: Path = field(default_factory=app_cache_dir)
+    library: Optional[Path] = None
+    """Single-user clip library; None = `aas_core.library.default_library()` (or one beside tiny weights)."""
+    outputs: Path = Path("outputs") / "app"
+    sessions_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "aas-sessions")
+    max_upload_mb: int = 200
+    max_clips: int = 20
+    max_photos: int = 20
+    min_photos: int = 3
+    queue_size: int = 20
+    session_ttl_s: int = 3 * 3600
+    _ready: threading.Event = field(default_factory=threading.Event, repr=False)
+    _error: list[str] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_env(cls, tiny: Optional[bool] = None, multi_user: Optional[bool] = None) -> "AppConfig":
+        """Flags win over the environment: AAS_TINY, AAS_MULTI_USER (on by default inside a HF Space)."""
+        tiny = _flag("AAS_TINY") if tiny is None else tiny
+        if multi_user is None:
+            multi_user = _flag("AAS_MULTI_USER") or bool(os.environ.get("SPACE_ID"))
+        cache = app_cache_dir()
+        if tiny:
+            root = Path(os.environ.get("AAS_TINY_DIR") or cache / "tiny-weights").expanduser().absolute()
+            config = cls(weights_root=root, tiny=True, multi_user=multi_user, cache_dir=cache, library=root / "library")
+        else:
+            config = cls(weights_root=weights_dir(), multi_user=multi_user, cache_dir=cache)
+            config._ready.set()
+        return config
+
+    def prepare_async(self) -> None:
+        """Write missing tiny models in the background, so the first page loads at once."""
+        if self._ready.is_set():
+            return
+
+        def work() -> None:
+            try:
+                todo = [name for name in TINY_MODELS if not status(name, self.weights_root).present]
+                if todo:
+                    write_tiny(todo, self.weights_root)
+            except Exception as exc:  # noqa: BLE001 - reported to every later action instead of killing a thread silently
+                self._error.append(f"could not write the tiny models into {self.weights_root}: {exc}")
+            finally:
+                self._ready.set()
+
+        threading.Thread(target=work, name="aas-tiny-weights", daemon=True).start()
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until the tiny models exist (immediately when not in tiny mode)."""
+        self._ready.wait(timeout)
+        if self._error:
+            from aas_core.errors import WeightsMissingError
+
+            raise WeightsMissingError(self._error[0])
+
+    @property
+    def ready(self) -> bool:
+        """Whether models are in place (tiny ones written)."""
+        return self._ready.is_set()
