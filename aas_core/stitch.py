@@ -171,6 +171,45 @@ def _logger(on_progress: Optional[ProgressFn], cancel: Optional[CancelToken], to
     return Logger()
 
 
+class _ShotFrames:
+    """Shot videos decoded in-process with PyAV on first use; at most two shots (a crossfade) stay in memory.
+
+    moviepy's VideoFileClip runs one ffmpeg reader process per shot and pays a pipe round trip per
+    frame; generated shots are short, so decoding a whole shot at once is faster and stays small.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self.loaded: dict[int, list[np.ndarray]] = {}
+
+    def frames(self, index: int) -> list[np.ndarray]:
+        """The decoded frames of shot `index`, evicting shots that can no longer be on screen."""
+        from aas_core.video_io import iter_frames
+
+        if index not in self.loaded:
+            for old in [k for k in self.loaded if abs(k - index) > 1]:
+                del self.loaded[old]
+            self.loaded[index] = [f.rgb for f in iter_frames(self.paths[index])]
+        return self.loaded[index]
+
+    def clip(self, index: int):
+        """A moviepy clip of shot `index` (nothing is decoded until a frame is asked for)."""
+        from moviepy import VideoClip
+
+        from aas_core.video_io import probe
+
+        info = probe(self.paths[index])
+
+        def frame_at(t: float) -> np.ndarray:
+            frames = self.frames(index)
+            return frames[min(len(frames) - 1, max(0, int(t * info.fps + 1e-6)))]
+
+        # Built without frame_function so moviepy does not decode frame 0 to learn the size.
+        clip = VideoClip(duration=info.duration)
+        clip.frame_function, clip.size, clip.fps = frame_at, (info.width, info.height), info.fps
+        return clip
+
+
 def _fit(clip, size: tuple[int, int]):
     """Scale a clip to fit inside `size` keeping its aspect (letterboxed later by the composite)."""
     w, h = clip.size
@@ -188,7 +227,7 @@ def stitch(
     cancel: Optional[CancelToken] = None,
 ) -> StitchResult:
     """Assemble shot videos into one H.264 yuv420p +faststart mp4 (atomic write)."""
-    from moviepy import AudioFileClip, ColorClip, CompositeVideoClip, ImageClip, VideoFileClip, afx, vfx
+    from moviepy import AudioFileClip, ColorClip, CompositeVideoClip, ImageClip, afx, vfx
 
     settings = settings or StitchSettings()
     if not shots:
@@ -203,8 +242,9 @@ def stitch(
     if settings.music and not Path(settings.music).is_file():
         raise InputError(f"music file {settings.music} does not exist; check the path")
     report(on_progress, 0.0, "opening shots")
-    sources = [VideoFileClip(str(s.path), audio=False) for s in shots]
-    opened = list(sources)
+    decoded = _ShotFrames([s.path for s in shots])
+    sources = [decoded.clip(i) for i in range(len(shots))]
+    opened: list = []
     try:
         size = even_size(*(settings.size or sources[0].size))
         durations = [float(c.duration) for c in sources]
@@ -223,7 +263,10 @@ def stitch(
             if settings.captions and shot.caption.strip():
                 text = render_text(shot.caption, int(size[0] * 0.92), font_size)
                 parts.append(ImageClip(text, duration=durations[i]).with_position(("center", size[1] - text.shape[0] - size[1] // 24)))
-            layer = CompositeVideoClip(parts, size=size, bg_color=(0, 0, 0)).with_duration(durations[i])
+            if len(parts) == 1 and tuple(parts[0].size) == size:
+                layer = parts[0]  # nothing to lay over it: skip a composite (one full-frame copy per frame)
+            else:
+                layer = CompositeVideoClip(parts, size=size, bg_color=(0, 0, 0)).with_duration(durations[i])
             effects = []
             if i > 0:
                 prev = shots[i - 1]

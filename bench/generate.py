@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="default 8 (AnimateDiff) / 9 (VACE) on CPU, 16/17 on GPU")
     parser.add_argument("--size", default=None, help="WxH; default 256x256 on CPU, 512x512 on GPU")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=2, help="shots per memory mode: the first loads (cold), later ones reuse it")
     parser.add_argument("--weights", default=None, help="scratch weights folder to reuse (default: a temp folder, deleted)")
     args = parser.parse_args()
 
@@ -103,21 +104,28 @@ def main() -> None:
 
                 pipelines.release()
                 torch.cuda.reset_peak_memory_stats()
-            figures = _run(args.backend, root, frames, (width, height), args.steps, out, mode)
-            line = (
-                f"[{figures['memory_mode']}] load {figures['load_s']:.1f} s | prepare {figures['prepare_s']:.2f} s | "
-                f"{figures['per_step_s']:.2f} s/step | decode {figures['decode_s']:.2f} s | "
-                f"pipeline overhead {figures['overhead_s']:.2f} s = {figures['overhead_vs_loop_decode']:.1%} of loop+decode | "
-                f"outside pipeline {figures['outside_pipeline_s']:.2f} s | total {figures['total_s']:.1f} s"
-            )
-            if on_gpu:
-                line += f" | peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-            print(line, flush=True)
+            for run in range(args.runs):
+                figures = _run(args.backend, root, frames, (width, height), args.steps, out, mode)
+                _print(figures, "cold" if run == 0 else "warm", on_gpu)
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
     finally:
         shutil.rmtree(out, ignore_errors=True)
         if args.weights is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _print(figures: dict, label: str, on_gpu: bool) -> None:
+    import torch
+
+    line = (
+        f"[{figures['memory_mode']}, {label}] load {figures['load_s']:.1f} s | prepare {figures['prepare_s']:.2f} s | "
+        f"{figures['per_step_s']:.2f} s/step | decode {figures['decode_s']:.2f} s | "
+        f"pipeline overhead {figures['overhead_s']:.2f} s = {figures['overhead_vs_loop_decode']:.1%} of loop+decode | "
+        f"outside pipeline {figures['outside_pipeline_s']:.2f} s | total {figures['total_s']:.1f} s"
+    )
+    if on_gpu:
+        line += f" | peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

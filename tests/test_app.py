@@ -146,9 +146,10 @@ def test_every_tab_main_action(server: Server, media: dict[str, Path]) -> None:
     summary = c.predict("clip-vit-b-32", api_name="/index_samples")
     assert "3** new or changed files" in summary and "shots" in summary
 
-    gallery = c.predict("a red ball rolling", None, 4, 0, api_name="/search")
+    gallery, table = c.predict("a red ball rolling", None, 4, 0, api_name="/search")
     assert 1 <= len(gallery) <= 4 and all(Path(g["image"]).is_file() for g in gallery)
     assert "score" in gallery[0]["caption"] and ".mp4" in gallery[0]["caption"]
+    assert table.count(".mp4 |") == len(gallery)
 
     side, sheet, figures = c.predict(handle_file(str(media["clip"])), 0, 2.0, 1.0, "crop", 64, 64, 8,
                                      "depth-anything-v2-small", 0.5, api_name="/depth")
@@ -206,7 +207,7 @@ def test_two_sessions_do_not_see_each_other(server: Server, media: dict[str, Pat
 
     a, b = client(server), client(server)
     assert "new or changed files" in a.predict([handle_file(str(media["clip"]))], "", "clip-vit-b-32", api_name="/index_clips")
-    assert "square.mp4" in a.predict("a square", None, 4, 0, api_name="/search")[0]["caption"]
+    assert "square.mp4" in a.predict("a square", None, 4, 0, api_name="/search")[1]
     a.predict([handle_file(str(p)) for p in media["photos"]], "secret", "cat", 1, 0, False, api_name="/train")
     with pytest.raises(AppError, match="no clip library"):
         b.predict("a square", None, 4, 0, api_name="/search")

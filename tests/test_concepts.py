@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 
 from aas_core.cli import main
 from aas_core.concepts import (
-    Concept,
     Photo,
     TimeInvTrainer,
     TrainSettings,
@@ -195,16 +193,16 @@ def test_loss_falls_with_fixed_noise_and_each_bucket_learns_only_from_its_timest
 
     parts = load_parts("sd15", root, CPU)
     images, _ = load_photos(photos, 64)
-    trainer = TimeInvTrainer(parts, "fixed", "woman", images, TrainSettings(buckets=4, vectors=2, lr=0.05, batch_size=3), CPU)
+    trainer = TimeInvTrainer(parts, "fixed", "woman", images, TrainSettings(buckets=4, vectors=2, lr=0.1, batch_size=3), CPU)
     try:
         start = trainer.table.detach().clone()
         latents, noise, _, texts = trainer.batch(0)
         batch = (latents, noise, torch.tensor([100, 500, 900]), texts)  # buckets 0, 2, 3: bucket 1 never sampled
-        losses = [trainer.step(batch) for _ in range(40)]
+        losses = [trainer.step(batch) for _ in range(15)]
         table = trainer.table.detach()
     finally:
         trainer.close()
-    # Measured ~3.7% over 60 steps; a step that does not learn leaves the loss exactly where it was.
+    # Measured 3.0% (1.1372 -> 1.1028) on this random model; a step that does not learn leaves it unchanged.
     assert losses[-1] < 0.985 * losses[0] and min(losses[-5:]) < losses[0]
     assert torch.equal(table[1], start[1])
     assert all(not torch.allclose(table[k], start[k]) for k in (0, 2, 3))

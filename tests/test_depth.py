@@ -275,3 +275,13 @@ def test_midas_dpt_hybrid_real_layout(tiny_root, clip, tmp_path):
     dv = run(clip, root, tmp_path, frames=2, size=(64, 48), estimator="midas-dpt-hybrid")
     assert dv.frames.shape == (2, 48, 64) and np.isfinite(dv.frames).all() and dv.frames.std() > 0.01
     assert dv.estimator == "midas-dpt-hybrid" and dv.settings["weights"]["hub_id"] == "lllyasviel/Annotators"
+
+
+def test_damaged_weights_say_how_to_fetch_again(tmp_path):
+    from aas_core.errors import WeightsCorruptError
+    from aas_core.weights import write_tiny
+
+    write_tiny([DA], tmp_path)
+    (tmp_path / DA / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsCorruptError, match=f"weights download {DA} --force"):
+        est_module.load_estimator(DA, tmp_path)

@@ -261,3 +261,24 @@ def test_cli_runs_the_depth_step_first_for_a_clip(weights, tmp_path, capsys):
     assert code == 0 and result["frames"] == 4
     params = json.loads((tmp_path / "shots" / result["folder"].split("/")[-1] / "params.json").read_text())
     assert params["depth"]["source"].endswith("walk.mp4") and params["depth"]["estimator"] == "depth-anything-v2-small"
+
+
+def test_concepts_are_applied_for_the_shot_and_removed_after(weights, tmp_path):
+    import torch
+
+    from aas_core.concepts import Concept
+    from aas_core.concepts.store import write_concept
+
+    table = torch.randn(4, 2, 32, generator=torch.Generator().manual_seed(0)) * 3
+    meta = Concept(name="alice", class_word="person", buckets=4, vectors=2, dim=32, base_model="sd15", tiny=True)
+    alice = write_concept(meta, table, weights, overwrite=True)
+    before = shot(weights, tmp_path, prompt="<alice> walking")
+    with_concept = generate(
+        ShotSpec(prompt="<alice> walking", frames=4, width=64, height=64, steps=2, seed=3),
+        bar_depth(), concepts=[alice], weights_root=weights, runtime=CPU, out_dir=tmp_path,
+    )
+    after = shot(weights, tmp_path, prompt="<alice> walking")
+    assert with_concept.params["concepts"] == ["alice"]
+    assert np.abs(before.frames.astype(int) - with_concept.frames).mean() > 0.5
+    assert np.array_equal(before.frames, after.frames)
+    assert len(pipelines.current().pipe.tokenizer) == 49408

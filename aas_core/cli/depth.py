@@ -12,7 +12,6 @@ from aas_core.depth.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.depth.pipeline import DEFAULT_SMOOTHING
 from aas_core.depth.stabilize import NORMALIZE_MODES
 from aas_core.depth.video import META_FILE
-from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
 from aas_core.errors import InputError
 
 PARAMS_FILE = "params.json"
@@ -36,7 +35,7 @@ def _run(args: argparse.Namespace) -> dict:
 
     size = parse_size(args.size)
     out = _out_dir(args)
-    runtime = pick_runtime(args.device, args.dtype)
+    runtime = pick_runtime()  # the top-level --device/--dtype land in $AAS_DEVICE/$AAS_DTYPE
     progress, close = tqdm_progress("depth", disable=args.json)
     try:
         depth = depth_from_clip(
@@ -118,5 +117,3 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
     p.add_argument("--cache-dir", help="depth cache (default: $AAS_CACHE_DIR/depth or <weights>/.cache/depth)")
     p.add_argument("--no-cache", action="store_true", help="compute again and do not store the result")
-    p.add_argument("--device", choices=DEVICE_CHOICES, help="default: $AAS_DEVICE or auto")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: $AAS_DTYPE or auto")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from aas_core.concepts.store import Concept, Root, check_free, check_name, write_concept
 from aas_core.concepts.timeinv import token_for

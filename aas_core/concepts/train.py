@@ -135,8 +135,8 @@ def load_parts(base_model: str = DEFAULT_BASE, root: Root = None, runtime: Optio
         device = runtime.torch_device
         # The text encoder stays float32: gradients flow through it into the (float32) table.
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).eval()
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=runtime.dtype).to(device).eval()
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=runtime.dtype).to(device).eval()
+        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=runtime.dtype).to(device).eval()
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=runtime.dtype).to(device).eval()
         for module in (text_encoder, vae, unet):
             module.requires_grad_(False)
         _PARTS[key] = SDParts(
@@ -176,10 +176,21 @@ class TimeInvTrainer:
         self.tokenizer = copy.deepcopy(parts.tokenizer)  # the shared tokenizer never sees our tokens
         start = init_table(parts.text_encoder, parts.tokenizer, class_word, settings.buckets, settings.vectors)
         self.table = torch.nn.Parameter(start.to(self.device))
+        self.lora_params: list[torch.nn.Parameter] = []
         self.swap = TokenSwap(
             self.tokenizer, parts.text_encoder, [SwapEntry(token_for(name), self.table, parts.num_train_timesteps)]
         ).install()
-        self.lora_params: list[torch.nn.Parameter] = []
+        try:
+            self._setup(images)
+        except BaseException:
+            self.close()  # never leave hooks or adapters on the shared modules
+            raise
+
+    def _setup(self, images: Sequence["Image.Image"]) -> None:
+        """LoRA adapters, checkpointing, optimizer and latent pool (undone by `close` if anything fails)."""
+        import torch
+
+        parts, settings = self.parts, self.settings
         if settings.lora:
             from peft import LoraConfig
 
@@ -195,13 +206,13 @@ class TimeInvTrainer:
                     self.lora_params.append(param)
         if settings.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
-            parts.text_encoder.gradient_checkpointing_enable()
+            parts.text_encoder.activation_checkpointing_enable()
             parts.text_encoder.train()  # transformers checkpoints only in train mode; SD's CLIP has no dropout
         groups = [{"params": [self.table], "lr": settings.lr}]
         if self.lora_params:
             groups.append({"params": self.lora_params, "lr": settings.lora_lr})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=runtime.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.runtime.dtype == torch.float16)
         self.pool = self._encode_pool(images)
         self.step_index = 0
 
@@ -345,12 +356,12 @@ class TimeInvTrainer:
     def close(self) -> None:
         """Undo every change to the shared parts: hooks, LoRA layers, checkpointing."""
         self.swap.remove()
-        if self.lora_params:
+        if LORA_ADAPTER in (getattr(self.parts.unet, "peft_config", None) or {}):
             self.parts.unet.unload_lora()
-            self.lora_params = []
+        self.lora_params = []
         if self.settings.gradient_checkpointing:
             self.parts.unet.disable_gradient_checkpointing()
-            self.parts.text_encoder.gradient_checkpointing_disable()
+            self.parts.text_encoder.activation_checkpointing_disable()
             self.parts.text_encoder.eval()
 
 

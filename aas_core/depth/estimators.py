@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, get_args
@@ -57,7 +58,6 @@ class DepthEstimator:
         return np.concatenate([self.predict_batch(frames[i : i + size]) for i in range(0, len(frames), size)])
 
 
-
 def weights_fingerprint(name: str, weights_root: Optional[str | os.PathLike[str]] = None) -> dict:
     """What identifies an estimator's local weights for caching: file names, sizes, mtimes (no hashing GBs)."""
     folder = model_dir(check_estimator(name), weights_root)
@@ -88,7 +88,7 @@ def load_estimator(
             folder = model_dir(name, weights_root)
             try:
                 predict, batch, network = _BUILDERS[name](folder, runtime)
-            except (RuntimeError, KeyError, OSError, ValueError) as exc:
+            except Exception as exc:  # safetensors, torch.load (weights_only) and the loaders raise many types
                 raise WeightsCorruptError(
                     f"could not load {name} from {folder} ({exc}); fetch it again with: "
                     f"python -m aas_core weights download {name} --force"
@@ -151,9 +151,10 @@ def _build_depth_anything(folder: Path, runtime: "Runtime"):
 
 def _build_midas(folder: Path, runtime: "Runtime"):
     import torch
-    from controlnet_aux.midas import MidasDetector
+    with _quiet():
+        from controlnet_aux.midas import MidasDetector
 
-    net = MidasDetector.from_pretrained(str(folder), model_type="dpt_hybrid").model.to(runtime.device).eval()
+        net = MidasDetector.from_pretrained(str(folder), model_type="dpt_hybrid").model.to(runtime.device).eval()
 
     def predict(frames: np.ndarray) -> np.ndarray:
         # DPT-Hybrid's own transform: short side 384, multiple of 32, inputs in [-1, 1].
@@ -167,9 +168,10 @@ def _build_midas(folder: Path, runtime: "Runtime"):
 
 def _build_zoe(folder: Path, runtime: "Runtime"):
     import torch
-    from controlnet_aux.zoe import ZoeDetector
+    with _quiet():
+        from controlnet_aux.zoe import ZoeDetector
 
-    net = ZoeDetector.from_pretrained(str(folder), model_type="zoedepth").model.to(runtime.device).eval()
+        net = ZoeDetector.from_pretrained(str(folder), model_type="zoedepth").model.to(runtime.device).eval()
 
     def predict(frames: np.ndarray) -> np.ndarray:
         x = _resized(frames, _net_size(frames.shape[1], frames.shape[2], 384, 32))
@@ -178,6 +180,14 @@ def _build_zoe(folder: Path, runtime: "Runtime"):
         return -_to_size(metric, frames.shape[1], frames.shape[2])
 
     return predict, 4 if runtime.device != "cpu" else 1, net
+
+
+@contextlib.contextmanager
+def _quiet():
+    """controlnet_aux imports all its annotators (mediapipe, timm registry, deprecated names): hide that noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 @contextlib.contextmanager
@@ -193,10 +203,11 @@ def _bare_argv():
 
 def _build_leres(folder: Path, runtime: "Runtime"):
     import torch
-    from controlnet_aux.leres import LeresDetector
+    with _quiet():
+        from controlnet_aux.leres import LeresDetector
 
     spec = get_spec("leres")
-    with _bare_argv():
+    with _bare_argv(), _quiet():
         detector = LeresDetector.from_pretrained(
             str(folder), filename=spec.options["filename"], pix2pix_filename=spec.options["pix2pix_filename"]
         )

@@ -79,13 +79,14 @@ def _concepts_applied(pipe: Any, concepts: Sequence[Any], backend: str) -> Itera
 class _Timer:
     """Hooks on the real modules that time the step loop and the VAE decode without touching the pipeline."""
 
-    def __init__(self, denoiser: Any, decoder: Any) -> None:
+    def __init__(self, step_modules: Sequence[Any], decoder: Any) -> None:
         self.first_step: Optional[float] = None
         self.step_ends: list[float] = []
         self.decode_s = 0.0
         self._decode_start = 0.0
-        self._handles = [
-            denoiser.register_forward_pre_hook(self._denoiser_pre),
+        # The loop starts with whichever step module runs first (AnimateDiff calls its ControlNet before the UNet).
+        self._handles = [module.register_forward_pre_hook(self._denoiser_pre) for module in step_modules]
+        self._handles += [
             decoder.register_forward_pre_hook(self._decoder_pre),
             decoder.register_forward_hook(self._decoder_post),
         ]
@@ -139,7 +140,8 @@ def _call_pipeline(
     pipe.scheduler = pipelines.make_scheduler(loaded, spec.scheduler)
     steps = int(spec.steps)
     step_state = {"index": 0}
-    timer = _Timer(pipe.unet if loaded.backend == "animatediff" else pipe.transformer, pipe.vae.decoder)
+    step_modules = [pipe.controlnet, pipe.unet] if loaded.backend == "animatediff" else [pipe.transformer]
+    timer = _Timer(step_modules, pipe.vae.decoder)
 
     def on_step_end(_pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
         timer.step_ends.append(time.perf_counter())

@@ -10,7 +10,6 @@ import gradio as gr
 from aas_core.ui import characters, compare, depth, library, story
 from aas_core.ui.common import UIContext
 from aas_core.ui.config import TINY_LABEL, AppConfig
-from aas_core.ui.samples import sample_clips, sample_photos
 from aas_core.ui.session import Sessions
 
 TITLE = "Animate-A-Story"
@@ -18,11 +17,8 @@ TABS = (("Characters", characters), ("Clip Library", library), ("Motion Structur
 
 
 def build_app(config: Optional[AppConfig] = None) -> gr.Blocks:
-    """The whole app (not launched); `config.prepare_async()` is started here so tiny models are written meanwhile."""
+    """The whole app, not launched (tiny models are written after launch, or on the first action)."""
     config = config or AppConfig.from_env()
-    config.prepare_async()
-    sample_clips(config.cache_dir)
-    sample_photos(config.cache_dir)
     sessions = Sessions(config)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 6 * 3600)) as demo:
         gr.Markdown(f"# {TITLE}\nTurn a written story into a video: find clips whose motion fits each shot, "
@@ -69,4 +65,7 @@ def launch(config: AppConfig, host: str = "127.0.0.1", port: int = 7860, share: 
     demo = build_app(config)
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{config.max_upload_mb}mb",
-                allowed_paths=allowed_paths(config), show_error=True, footer_links=["api", "settings"])
+                allowed_paths=allowed_paths(config), show_error=True, footer_links=["api", "settings"], prevent_thread_lock=True)
+    # Only now, so writing tiny models never delays the first page.
+    config.prepare_async()
+    demo.block_thread()

@@ -193,7 +193,7 @@ def render(ctx: UIContext) -> None:
 
     ev = train_btn.click(train, [photos, name, class_word, steps, validate_every, lora],
                          [status, loss_plot, validation, gallery, ctx.concepts_changed], concurrency_id=GPU_QUEUE, api_name="train")
-    cancel_btn.click(ctx.cancel, None, None, cancels=[ev], queue=False, api_name=False)
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     gallery.select(show, None, [details, selected], api_name=False)
     delete_btn.click(delete, [selected], [gallery, details, selected, ctx.concepts_changed], api_name="delete_concept")
     import_btn.click(import_concept, [import_file, import_kind, import_name, import_class, import_trigger],

@@ -45,7 +45,11 @@ class UIContext:
         return self.sessions.get(getattr(request, "session_hash", None))
 
     def cancel(self, request: gr.Request) -> None:
-        """Cancel button handler: stop the visitor's running job at its next check."""
+        """Cancel button handler: stop the visitor's running job at its next check.
+
+        Deliberately not gradio's `cancels=`: that drops the event while its worker thread keeps the GPU busy;
+        the token stops the engine itself, and the event then ends with the engine's "Cancelled" message.
+        """
         self.session(request).cancel()
         gr.Info("Cancelling: the job stops at its next step; finished work is kept.")
 

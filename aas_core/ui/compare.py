@@ -136,6 +136,6 @@ def render(ctx: UIContext) -> None:
     ctx.selected_clip.change(show_clip, ctx.selected_clip, source, api_name=False)
     ev = run_btn.click(compare, [ctx.selected_clip, ctx.depth_ref, prompt, concept, seed, frames, side, steps, variants],
                        [grid, table, note], concurrency_id=GPU_QUEUE, api_name="compare")
-    cancel_btn.click(ctx.cancel, None, None, cancels=[ev], queue=False, api_name=False)
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     ctx.concepts_changed.change(refresh_concepts, None, concept, api_name=False)
     ctx.loaders.append((refresh_concepts, [concept]))

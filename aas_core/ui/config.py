@@ -60,6 +60,7 @@ class AppConfig:
     queue_size: int = 20
     session_ttl_s: int = 3 * 3600
     _ready: threading.Event = field(default_factory=threading.Event, repr=False)
+    _started: threading.Event = field(default_factory=threading.Event, repr=False)
     _error: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -79,8 +80,9 @@ class AppConfig:
 
     def prepare_async(self) -> None:
         """Write missing tiny models in the background, so the first page loads at once."""
-        if self._ready.is_set():
+        if self._ready.is_set() or self._started.is_set():
             return
+        self._started.set()
 
         def work() -> None:
             try:
@@ -96,6 +98,7 @@ class AppConfig:
 
     def wait_ready(self, timeout: float = 600.0) -> None:
         """Block until the tiny models exist (immediately when not in tiny mode)."""
+        self.prepare_async()
         self._ready.wait(timeout)
         if self._error:
             from aas_core.errors import WeightsMissingError

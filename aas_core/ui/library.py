@@ -22,6 +22,14 @@ def hit_label(hit: dict[str, Any]) -> str:
     return f"#{hit['rank']} · score {hit['score']:.3f} · {hit['start']:.1f}–{hit['end']:.1f} s · {Path(hit['path']).name}"
 
 
+def hits_markdown(hits: list[dict[str, Any]]) -> str:
+    """The hits as a table: rank, score, span, file."""
+    if not hits:
+        return "No shot matched; index more clips or lower the shortest-shot limit."
+    rows = [f"| {h['rank']} | {h['score']:.3f} | {h['start']:.2f}–{h['end']:.2f} s | {Path(h['path']).name} |" for h in hits]
+    return "| # | score | span | clip |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
 def summary_markdown(summary: Any) -> str:
     """What an indexing run did, with the skipped files and why."""
     lines = [
@@ -77,11 +85,13 @@ def render(ctx: UIContext) -> None:
                 k = gr.Slider(1, 24, value=8, step=1, label="Results")
                 min_duration = gr.Number(0.0, label="Shortest shot (s)", minimum=0)
             search_btn = gr.Button("Search", variant="primary", elem_id="library-search")
-    gallery = gr.Gallery(label="Hits (click one to play it and use it in Motion Structure)", columns=4, height=300,
+    gallery = gr.Gallery(label="Hits (click one to play it and use it in Motion Structure)", columns=6, height=220,
                          allow_preview=False, elem_id="library-hits")
     with gr.Row():
         player = gr.Video(label="Shot", autoplay=True, height=260, elem_id="library-player")
-        chosen = gr.Markdown("No clip selected yet.", elem_id="library-chosen")
+        with gr.Column():
+            chosen = gr.Markdown("No clip selected yet.", elem_id="library-chosen")
+            table = gr.Markdown(elem_id="library-table")
 
     @action(config, gpu=True, duration=600)
     def index(files: Any, folder_text: str, model_name: str, request: gr.Request, progress=gr.Progress()) -> str:
@@ -127,9 +137,7 @@ def render(ctx: UIContext) -> None:
         hits = library.search(text if not image_path else None, k=int(count), library=session.library, image=image_path,
                               min_duration=float(shortest or 0.0), weights_root=config.weights_root)
         found = [h.to_dict() for h in hits]
-        if not found:
-            gr.Warning("No shot matched; index more clips or lower the shortest-shot limit.")
-        return found, [(h["thumbnail"], hit_label(h)) for h in found]
+        return found, [(h["thumbnail"], hit_label(h)) for h in found], hits_markdown(found)
 
     @action(config)
     def pick(hits: list[dict[str, Any]], request: gr.Request, evt: gr.SelectData):
@@ -141,8 +149,8 @@ def render(ctx: UIContext) -> None:
 
     index_ev = index_btn.click(index, [uploads, folder, model], summary, concurrency_id=GPU_QUEUE, api_name="index_clips")
     samples_ev = samples_btn.click(add_samples, [model], summary, concurrency_id=GPU_QUEUE, api_name="index_samples")
-    cancel_btn.click(ctx.cancel, None, None, cancels=[index_ev, samples_ev], queue=False, api_name=False)
-    search_args = dict(fn=search, inputs=[query, image, k, min_duration], outputs=[hits_state, gallery], concurrency_id=GPU_QUEUE)
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
+    search_args = dict(fn=search, inputs=[query, image, k, min_duration], outputs=[hits_state, gallery, table], concurrency_id=GPU_QUEUE)
     search_btn.click(**search_args, api_name="search")
     query.submit(**search_args, api_name=False)
     gallery.select(pick, [hits_state], [player, chosen, ctx.selected_clip], api_name=False)

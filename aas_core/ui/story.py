@@ -53,13 +53,20 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value))
 
 
+def _number(value: Any, column: str, kind: type) -> Any:
+    try:
+        return kind(float(value))
+    except (TypeError, ValueError):
+        raise gr.Error(f"the {column} column holds {value!r}; write a number or leave it empty for the default") from None
+
+
 def rows_of(story: Any) -> list[list[Any]]:
     """The editable table of a story's shots."""
     rows = []
     for shot in story.shots:
-        strength = shot.generate.strength if shot.generate and shot.generate.strength is not None else ""
+        strength = f"{shot.generate.strength:g}" if shot.generate and shot.generate.strength is not None else ""
         rows.append([shot.id, shot.query, shot.prompt, shot.caption, clip_text(shot.clip),
-                     "" if shot.seed is None else shot.seed, strength])
+                     "" if shot.seed is None else str(shot.seed), str(strength)])
     return rows
 
 
@@ -79,8 +86,8 @@ def story_of(title: str, rows: list[list[Any]], backend: str, width: float, heig
         shots.append(Shot(
             id="" if _blank(shot_id) else str(shot_id).strip(), query="" if _blank(query) else str(query),
             prompt=str(prompt), caption="" if _blank(caption) else str(caption), clip=parse_clip(clip),
-            seed=None if _blank(seed) else int(float(seed)),
-            generate=None if _blank(strength) else GenerateSettings(strength=float(strength)),
+            seed=None if _blank(seed) else _number(seed, "seed", int),
+            generate=None if _blank(strength) else GenerateSettings(strength=_number(strength, "strength", float)),
         ))
     if not shots:
         raise gr.Error("the shot list is empty: write the story above and click 'Draft shot list'")
@@ -146,7 +153,7 @@ def render(ctx: UIContext) -> None:
             project_in = gr.File(label="Load a story project (.yaml / .json)", file_types=[".yaml", ".yml", ".json"])
             save_btn = gr.Button("Save the story project")
             project_out = gr.File(label="Story project", interactive=False)
-    table = gr.Dataframe(headers=SHOT_COLUMNS, datatype=["str", "str", "str", "str", "str", "number", "number"],
+    table = gr.Dataframe(headers=SHOT_COLUMNS, datatype=["str"] * len(SHOT_COLUMNS),
                          type="array", interactive=True, column_count=(len(SHOT_COLUMNS), "fixed"), wrap=True,
                          label="Shot list (edit freely; clip = auto, a file, or file@start-end)", elem_id="story-table")
     with gr.Row():
@@ -248,7 +255,7 @@ def render(ctx: UIContext) -> None:
         out = [list(r) for r in rows or []]
         for i, r in enumerate(out):
             if str(r[0]) == str(shot_id):
-                r[5] = (0 if _blank(r[5]) else int(float(r[5]))) + 1 + (i if _blank(r[5]) else 0)
+                r[5] = str((i if _blank(r[5]) else _number(r[5], "seed", int)) + 1)
         return out
 
     def outputs_of(run: Any, shot_id: Optional[str]):
@@ -311,6 +318,6 @@ def render(ctx: UIContext) -> None:
     again = bumped.then(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name=False)
     every = all_btn.click(generate_all, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_all")
     joined = stitch_btn.click(stitch, args, outs, concurrency_id=GPU_QUEUE, api_name="stitch")
-    cancel_btn.click(ctx.cancel, None, None, cancels=[one, again, every, joined], queue=False, api_name=False)
+    cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     ctx.refreshers.append((notice, lambda: missing_weights(
         config, ["sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15", DEFAULT_ESTIMATOR])))
