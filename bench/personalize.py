@@ -140,7 +140,7 @@ def bench_variant(parts: SDParts, runtime: Runtime, name: str, args: argparse.Na
             "batch_size": args.batch_size,
             "s_per_step_median": round(statistics.median(times), 2),
             "s_per_step_all": [round(t, 2) for t in times],
-            "saved_activations_gb": round(activations / 2**30, 3),
+            "saved_activations_mb": round(activations / 2**20),
             "rss_before_gb": round(start_rss / 2**30, 2),
             "peak_rss_during_steps_gb": round(rss.peak / 2**30, 2),
             "step_extra_rss_gb": round((rss.peak - start_rss) / 2**30, 2),

@@ -150,6 +150,8 @@ def test_every_tab_main_action(server: Server, media: dict[str, Path]) -> None:
     assert 1 <= len(gallery) <= 4 and all(Path(g["image"]).is_file() for g in gallery)
     assert "score" in gallery[0]["caption"] and ".mp4" in gallery[0]["caption"]
     assert table.count(".mp4 |") == len(gallery)
+    by_image, _ = c.predict("", handle_file(str(media["photos"][0])), 2, 0, api_name="/search")
+    assert len(by_image) == 2
 
     side, sheet, figures = c.predict(handle_file(str(media["clip"])), 0, 2.0, 1.0, "crop", 64, 64, 8,
                                      "depth-anything-v2-small", 0.5, api_name="/depth")
@@ -157,7 +159,7 @@ def test_every_tab_main_action(server: Server, media: dict[str, Path]) -> None:
     assert "Flicker" in figures and "naive per-frame" in figures
 
     trained = c.predict([handle_file(str(p)) for p in media["photos"]], "hero", "boy", 3, 3, False, api_name="/train")
-    assert "Saved **<hero>**" in trained[0] and "workflow preview" in trained[0]
+    assert "Saved **`<hero>`**" in trained[0] and "workflow preview" in trained[0]
     assert trained[3] and "<hero>" in trained[3][0]["caption"]
 
     rows, _ = c.predict("a red ball rolling to the right | <hero> kicks a ball | Kick\na kite drifting left | a kite over hills | Kite",
@@ -185,6 +187,8 @@ def test_every_tab_main_action(server: Server, media: dict[str, Path]) -> None:
 
     project = c.predict("Test story", rows, *settings, api_name="/save_project")
     assert "<hero> kicks a ball" in Path(project).read_text()
+    loaded_title, loaded_rows, _ = c.predict(handle_file(project), api_name="/load_project")
+    assert loaded_title == "Test story" and loaded_rows["data"][:2] == rows["data"][:2]
 
 
 def test_errors_reach_the_user_with_the_fix(server: Server) -> None:
@@ -194,6 +198,8 @@ def test_errors_reach_the_user_with_the_fix(server: Server) -> None:
     c = client(server)
     with pytest.raises(AppError, match="index a folder of clips first|no clip library"):
         c.predict("a dog", None, 4, 0, api_name="/search")
+    with pytest.raises(AppError, match="off in multi-user mode"):
+        c.predict(None, "/etc", "clip-vit-b-32", api_name="/index_clips")
     with pytest.raises(AppError, match="3 to 20 photos"):
         c.predict([], "x", "cat", 2, 0, False, api_name="/train")
     with pytest.raises(AppError, match="no clip yet"):

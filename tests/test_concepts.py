@@ -284,6 +284,8 @@ def test_existing_name_other_base_and_bad_settings(trained, root, photos):
         load_concept("nobody", root)
     with pytest.raises(InputError, match="class word"):
         train_concept("bob", "  ", photos, TrainSettings(**FAST), root=root, runtime=CPU)
+    with pytest.raises(InputError, match="no photos"):
+        train_concept("bob", "man", [], TrainSettings(**FAST), root=root, runtime=CPU)
     with pytest.raises(InputError, match="buckets must be at least 1"):
         train_concept("bob", "man", photos, TrainSettings(**{**FAST, "buckets": 0}), root=root, runtime=CPU)
     assert not (concepts_dir(root) / "bob").exists()
@@ -343,9 +345,9 @@ def test_ti_export_loads_in_diffusers_and_imports_back(trained, root, tmp_path):
 
 def test_cli_train_list_show_export_delete(root, photos, tmp_path, capsys):
     args = ["--dir", str(root), "--json"]
-    code = main(["concept", "train", "--name", "cli-cat", "--class-word", "cat", *map(str, photos[:1]), "--steps", "2",
-                 "--buckets", "2", "--vectors", "1", "--batch-size", "1", "--validate-every", "0", "--device", "cpu",
-                 "--dtype", "float32", *args])
+    code = main(["--device", "cpu", "--dtype", "float32", "concept", "train", "--name", "cli-cat", "--class-word", "cat",
+                 *map(str, photos[:1]), "--steps", "2", "--buckets", "2", "--vectors", "1", "--batch-size", "1",
+                 "--validate-every", "0", *args])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["ok"] and result["concept"]["token"] == "<cli-cat>" and len(result["losses"]) == 2
     assert any("only 1 photo" in w for w in result["warnings"])

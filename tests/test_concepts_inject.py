@@ -201,7 +201,7 @@ def test_animatediff_unet_and_controlnet_get_the_bucket_of_each_step(root, anima
     pipe = animatediff
     alice = make_concept(root, "alice", 4, 0)
     frames = 3
-    with apply_concepts(pipe, [alice]):
+    with apply_concepts(pipe, [alice]) as applied:
         recorder = Recorder(pipe.unet, pipe.controlnet)
         try:
             pipe(prompt="<alice> waves", negative_prompt="", num_frames=frames, height=64, width=64,
@@ -211,6 +211,8 @@ def test_animatediff_unet_and_controlnet_get_the_bucket_of_each_step(root, anima
             recorder.remove()
     modules = {name for name, _, _ in recorder.calls}
     assert modules == {"UNetMotionModel", "ControlNetModel"} and len(recorder.calls) == 4
+    assert applied.buckets_used == [(t, {"alice": bucket_of(t, 4)}) for _, t, _ in recorder.calls]
+    assert len({b["alice"] for _, b in applied.buckets_used}) == 2  # two steps, two different buckets
     negative = plain_encoding(root, "")
     for name, t, hidden in recorder.calls:
         want = expected_rows(root, "<alice> waves", [alice], t)
@@ -220,6 +222,32 @@ def test_animatediff_unet_and_controlnet_get_the_bucket_of_each_step(root, anima
             torch.testing.assert_close(hidden[row], negative)
             torch.testing.assert_close(hidden[frames + row], want, rtol=1e-5, atol=1e-5)
     assert not pipe.unet._forward_pre_hooks and not pipe.controlnet._forward_pre_hooks
+
+
+def test_freenoise_long_shots_swap_every_frames_prompt_row(root):
+    import torch
+    from PIL import Image
+
+    from aas_core.generate import pipelines
+
+    pipe = pipelines.load_pipeline("animatediff", root, CPU, "full").pipe  # its own: FreeNoise stays on
+    pipe.enable_free_noise(context_length=8, context_stride=4)
+    alice = make_concept(root, "alice", 4, 0)
+    frames = 10
+    with apply_concepts(pipe, [alice]):
+        recorder = Recorder(pipe.unet)
+        try:
+            pipe(prompt="<alice> waves", negative_prompt="", num_frames=frames, height=64, width=64,
+                 conditioning_frames=[Image.new("RGB", (64, 64), (128, 128, 128))] * frames, num_inference_steps=2,
+                 guidance_scale=7.5, generator=torch.Generator().manual_seed(0), output_type="np")
+        finally:
+            recorder.remove()
+    negative = plain_encoding(root, "")
+    for _, t, hidden in recorder.calls:
+        want = expected_rows(root, "<alice> waves", [alice], t)
+        swapped = [torch.allclose(row, want, atol=1e-5) for row in hidden]
+        untouched = [torch.allclose(row, negative, atol=1e-5) for row in hidden]
+        assert sum(swapped) == frames and sum(untouched) == frames
 
 
 def test_save_load_generate_reproduces_the_same_frames(root, animatediff, tmp_path):

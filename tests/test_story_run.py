@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from aas_core.errors import InputError
@@ -133,6 +132,15 @@ def test_three_shot_story_end_to_end_resumes_after_a_kill(env):
 
     again = run(env, story, out)
     assert statuses(again) == ["cached", "cached", "cached"]
+
+    # Killed after generation wrote its folder but before the shot was marked done: the result is adopted.
+    green_done = next((out / "shots" / "green").glob("*/done.json"))
+    green_done.unlink()
+    messages.clear()
+    adopted = run(env, story, out, on_progress=lambda f, m: messages.append(m))
+    assert statuses(adopted) == ["cached", "generated", "cached"] and green_done.is_file()
+    assert not any(m.startswith("[green") and "step" in m for m in messages)
+    assert len(list((out / "shots" / "green").glob("*/*/shot.mp4"))) == 1
 
     edited = write_story(folder, **{"a green square falling": "a green square falling slowly"})
     third = run(env, edited, out)

@@ -6,6 +6,7 @@ Screenshots go to $AAS_SCREENSHOT_DIR (e.g. docs/screenshots to refresh the READ
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chro
 
 
 def test_story_flow_in_a_real_browser(server: Server, media: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
-    """Photos -> cancelled and finished training -> sample clips -> search -> pick -> depth -> two shots -> stitch -> a playable <video>."""
+    """Photos -> cancelled and finished training -> sample clips -> search -> pick -> depth -> two shots -> stitch -> a playable <video> -> new seed -> compare."""
     sync_api = pytest.importorskip("playwright.sync_api")
     shots = Path(os.environ.get("AAS_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,7 @@ def test_story_flow_in_a_real_browser(server: Server, media: dict[str, Path], tm
         expect(page.locator("#char-status")).to_contain_text("step")
         page.get_by_role("button", name="Cancel").first.click()
         expect(page.get_by_text("stopped at step").first).to_be_visible()
+        page.locator(".toast-close").first.click()  # keep the screenshots clean
         fill("char-steps", "4")
         page.locator("#char-train").click()
         expect(page.locator("#char-status")).to_contain_text("Saved")
@@ -79,6 +81,9 @@ def test_story_flow_in_a_real_browser(server: Server, media: dict[str, Path], tm
         fill("story-text", "a red ball rolling | <hero> kicks a red ball | Kick-off\na kite drifting left | a kite over the hills | Away")
         page.locator("#story-draft").click()
         expect(page.locator("#story-table")).to_contain_text("shot-02")
+        page.get_by_role("button", name="Find candidate clips").click()
+        page.locator("#story-candidates img").first.click()
+        expect(page.locator("#story-table tr", has_text="shot-01")).to_contain_text(".mp4@")
         page.locator("#story-generate-all").click()
         expect(page.locator("#story-status tr", has_text="shot-02")).to_contain_text("generated")
         page.locator("#story-stitch").click()
@@ -93,4 +98,24 @@ def test_story_flow_in_a_real_browser(server: Server, media: dict[str, Path], tm
         response = page.request.get(src if src.startswith("http") else server.url.rstrip("/") + src)
         assert response.status == 200 and len(response.body()) > 1000
         page.screenshot(path=str(shots / "4-story.png"), full_page=True)
+
+        # 5. Regenerate shot-01 with a new seed: its seed cell changes and it is generated again.
+        page.get_by_role("button", name="Regenerate with a new seed").click()
+        expect(page.locator("#story-table tr", has_text="shot-01")).to_contain_text("1")
+        expect(page.locator("#story-status tr", has_text="shot-01")).to_contain_text("generated")
+
+        # 6. Compare: the picked clip under two strengths, one grid video and a metrics row each.
+        tab("Compare")
+        expect(page.locator("#compare-source")).to_contain_text("Clip:")
+        page.locator("#compare-run").click()
+        expect(page.locator("#compare-metrics")).to_contain_text("strength 0.3")
+        page.locator("#compare-video video").wait_for()
+        page.screenshot(path=str(shots / "5-compare.png"), full_page=True)
+        sessions_root = server.scratch / "tmp" / "aas-sessions"
+        before = {p.name for p in sessions_root.glob("run-*/*")}
         browser.close()
+    # Closing the tab unloads the session: its private folder goes away.
+    deadline = time.monotonic() + 30
+    while {p.name for p in sessions_root.glob("run-*/*")} == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len({p.name for p in sessions_root.glob("run-*/*")}) == len(before) - 1

@@ -73,7 +73,7 @@ def test_missing_weights_named_with_download_command(tmp_path: Path) -> None:
 
     demo = build_app(AppConfig(weights_root=tmp_path / "empty", cache_dir=tmp_path / "cache"))
     texts = json.dumps(demo.get_config_file(), default=str)
-    assert texts.count("Weights missing") == 4
+    assert texts.count("Weights missing") == 5
     assert "python -m aas_core weights download sd15 animatediff-motion-adapter-v1-5-3" in texts
     assert "python -m aas_core weights download clip-vit-b-32" in texts
     assert "Workflow preview" not in texts
@@ -87,3 +87,19 @@ def test_grid_aligns_videos_of_different_lengths() -> None:
     grid = grid_frames(videos)
     assert grid.shape == (9, 16, 20, 3)
     assert grid[0, 0, 0, 0] == 0 and grid[0, 0, 10, 0] == 60 and grid[0, 8, 0, 0] == 120 and grid[8, 8, 10, 0] == 180
+
+
+def test_tiny_weights_failure_is_reported_then_retried(tmp_path: Path) -> None:
+    """A failed tiny write reaches the user as an error naming the folder, and the next action writes them."""
+    from aas_core.errors import WeightsMissingError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the tiny weights folder should be")
+    config = AppConfig(weights_root=blocker, tiny=True, cache_dir=tmp_path)
+    with pytest.raises(WeightsMissingError, match="could not write the tiny models"):
+        config.wait_ready(timeout=120)
+    assert not config.ready
+    blocker.unlink()
+    config.weights_root = tmp_path / "tiny"
+    config.wait_ready(timeout=300)
+    assert config.ready and (tmp_path / "tiny" / "sd15" / "aas_tiny.json").is_file()

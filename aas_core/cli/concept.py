@@ -15,9 +15,11 @@ def _root_arg(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> dict:
     from aas_core.concepts import TrainSettings, parse_photo_arg, train_concept
+    from aas_core.concepts.store import check_free
     from aas_core.device import pick_runtime
     from aas_core.progress import CancelToken, tqdm_progress
 
+    check_free(args.name, args.dir, args.overwrite)  # before any progress bar or model load
     settings = TrainSettings(
         steps=args.steps, buckets=args.buckets, vectors=args.vectors, lr=args.lr, batch_size=args.batch_size,
         resolution=args.resolution, lora=args.lora, lora_rank=args.lora_rank,
@@ -33,7 +35,7 @@ def _train(args: argparse.Namespace) -> dict:
             warnings.simplefilter("always")
             result = train_concept(
                 args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], settings, root=args.dir,
-                overwrite=args.overwrite, runtime=pick_runtime(args.device, args.dtype), on_progress=progress, cancel=cancel,
+                overwrite=args.overwrite, runtime=pick_runtime(), on_progress=progress, cancel=cancel,
             )
     finally:
         close()
@@ -105,10 +107,11 @@ def _import_lora(args: argparse.Namespace) -> dict:
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add the `concept` group."""
-    from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
-
     group = sub.add_parser("concept", help="characters learnt from photos (TimeInv)").add_subparsers(dest="command", required=True)
-    p = add_command(group, "train", _train, "learn a character from 3-20 photos; then write <name> in prompts")
+    p = add_command(
+        group, "train", _train,
+        "learn a character from 3-20 photos; then write <name> in prompts (device/dtype: the global --device/--dtype)",
+    )
     p.add_argument("photos", nargs="+", help="jpg/png/webp photos; PHOTO@x0,y0,x1,y1 crops to a box around the character")
     p.add_argument("--name", required=True, help="concept name (lowercase, digits, - or _); the prompt token is <name>")
     p.add_argument("--class-word", required=True, help="what the character is (woman, cat, robot): the starting point")
@@ -124,8 +127,6 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--validate-every", type=int, default=250, help="validation image every N steps (0: never)")
     p.add_argument("--checkpoint-every", type=int, default=250, help="resumable checkpoint every N steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=DEVICE_CHOICES, help="default: $AAS_DEVICE or auto")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: $AAS_DTYPE or auto (bf16/fp16 on a GPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing concept of that name")
     _root_arg(p)
     p = add_command(group, "list", _list, "every concept in the weights folder")

@@ -56,14 +56,14 @@ def _summary(run) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from aas_core.progress import CancelToken, tqdm_progress
+    from aas_core.progress import tqdm_progress
     from aas_core.story import run_story
 
     only = [s for part in (args.only or []) for s in part.split(",") if s]
     progress, close = tqdm_progress("story", disable=args.json)
     try:
         run = run_story(args.file, out_dir=args.out, only=only or None, weights_root=args.weights, library=args.library,
-                        metrics=not args.no_metrics, runtime=_runtime(args), on_progress=progress, cancel=CancelToken())
+                        metrics=not args.no_metrics, runtime=_runtime(args), on_progress=progress)
     finally:
         close()
     result = _summary(run)

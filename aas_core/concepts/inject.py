@@ -4,10 +4,10 @@ AnimateDiff (and any SD1.5-family pipeline): the concept tokens go into a copy o
 tokenizer, their vectors into the text encoder through `TokenSwap` hooks (the mean over buckets while
 the pipeline encodes its prompt), and forward pre-hooks on the UNet and ControlNet replace every
 `encoder_hidden_states` row that came from a prompt with concept tokens by that prompt re-encoded
-with the current timestep's bucket vectors. Rows are recognised by value, so the hooks need no
-knowledge of how a pipeline batches (CFG halves, repeats per frame): rows of a prompt without
-concept tokens (the negative prompt) are left untouched. VACE: the concepts' photos are handed out
-as reference images.
+with the current timestep's bucket vectors. Rows are recognised by value (to a few ulps), so the hooks
+need no knowledge of how a pipeline batches (CFG halves, repeats per frame, FreeNoise's per-frame
+prompt rows): rows of a prompt without concept tokens (the negative prompt) are left untouched.
+VACE: the concepts' photos are handed out as reference images.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class AppliedConcepts:
 
     concepts: list[Concept]
     buckets_used: list[tuple[int, dict[str, int]]] = field(default_factory=list)
-    """(timestep, {concept name: bucket}) for every module call that swapped rows."""
+    """(timestep, {concept name: bucket}) for every UNet/ControlNet call that swapped rows (once per call)."""
 
 
 @dataclass
@@ -51,8 +51,8 @@ class _Record:
 class _Injector:
     """The hooks of one `apply_concepts` call on one pipeline."""
 
-    def __init__(self, pipe, swap: TokenSwap, applied: AppliedConcepts) -> None:
-        self.pipe, self.swap, self.applied = pipe, swap, applied
+    def __init__(self, swap: TokenSwap, applied: AppliedConcepts) -> None:
+        self.swap, self.applied = swap, applied
         self.records: list[_Record] = []
         self.encoding = False
 
@@ -77,8 +77,8 @@ class _Injector:
             )
         return None
 
-    def _encode(self, record: _Record, timestep: "torch.Tensor") -> "torch.Tensor":
-        """The record's prompt re-encoded with each of its concepts' buckets at `timestep` (cached)."""
+    def _encode(self, record: _Record, timestep: "torch.Tensor") -> tuple["torch.Tensor", dict[str, int]]:
+        """The record's prompt re-encoded with each of its concepts' buckets at `timestep` (cached), and those buckets."""
         import torch
 
         key = tuple(
@@ -95,8 +95,7 @@ class _Injector:
             finally:
                 self.encoding, self.swap.timesteps = False, None
         names = [self.applied.concepts[e].name for e in record.entries]
-        self.applied.buckets_used.append((int(timestep), dict(zip(names, key))))
-        return record.cache[key]
+        return record.cache[key], dict(zip(names, key))
 
     def model_pre_hook(self, module, args, kwargs):
         """Swap the rows of concept prompts in `encoder_hidden_states` for the timestep's bucket encoding."""
@@ -108,17 +107,24 @@ class _Injector:
         if hidden is None or timestep is None or not self.records or not torch.is_tensor(hidden):
             return None
         timestep = torch.as_tensor(timestep).reshape(-1)
-        new = None
+        bases = [(r, r.base.to(hidden.device, hidden.dtype)) for r in self.records if r.base.shape == hidden.shape[1:]]
+        # A few ulps of slack: FreeNoise re-mixes a prompt's rows per frame ((1 - a) * x + a * x).
+        tol = 8 * torch.finfo(hidden.dtype).eps
+        new, used = None, []
         for row in range(hidden.shape[0]):
-            for record in self.records:
-                if record.base.shape == hidden[row].shape and torch.equal(record.base.to(hidden.device, hidden.dtype), hidden[row]):
-                    step = timestep[row] if timestep.numel() == hidden.shape[0] else timestep[0]
+            for record, base in bases:
+                if torch.allclose(base, hidden[row], rtol=tol, atol=tol):
+                    step = (timestep[row] if timestep.numel() == hidden.shape[0] else timestep[0]).detach().cpu()
+                    encoded, buckets = self._encode(record, step)
                     if new is None:
                         new = hidden.clone()
-                    new[row] = self._encode(record, step.detach().cpu()).to(hidden.device, hidden.dtype)
+                    new[row] = encoded.to(hidden.device, hidden.dtype)
+                    if (int(step), buckets) not in used:
+                        used.append((int(step), buckets))
                     break
         if new is None:
             return None
+        self.applied.buckets_used.extend(used)
         if in_kwargs:
             return args, {**kwargs, "encoder_hidden_states": new}
         return args[:2] + (new,) + tuple(args[3:]), kwargs
@@ -168,7 +174,7 @@ def apply_concepts(
     tokenizer = copy.deepcopy(original_tokenizer)
     entries = [SwapEntry(c.token, c.table().to(encoder.device), c.num_train_timesteps) for c in concepts]
     swap = TokenSwap(tokenizer, encoder, entries)
-    injector = _Injector(pipe, swap, applied)
+    injector = _Injector(swap, applied)
     handles = []
     adapters = [(c, f"concept_{c.name.replace('-', '_')}") for c in concepts if c.lora_path is not None]
     previous_adapters: list[str] = []

@@ -400,6 +400,8 @@ def train_concept(
         raise InputError("give a class word (e.g. woman, cat, robot): the vectors start from its meaning")
     check_free(name, root, overwrite)
     photo_list = [p if isinstance(p, Photo) else Photo(str(p)) for p in photos]
+    if not photo_list:
+        raise InputError("no photos given; pass 3-20 photos of the character (jpg, png or webp)")
     runtime = runtime or pick_runtime()
     parts = load_parts(base_model, root, runtime)
     resolution = settings.resolution or parts.resolution

@@ -1,7 +1,7 @@
 """Motion structure: from a clip span to a clean, temporally stable depth sequence, with previews."""
 
 from aas_core.depth.clip import FIT_MODES, ConditioningClip, FitMode, load_conditioning_clip, parse_size
-from aas_core.depth.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, EstimatorName, load_estimator
+from aas_core.depth.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, EstimatorName, load_estimator, release_estimators
 from aas_core.depth.pipeline import DEFAULT_SMOOTHING, default_cache_dir, depth_from_clip
 from aas_core.depth.preview import (
     colorize,
@@ -34,6 +34,7 @@ __all__ = [
     "normalize",
     "parse_size",
     "relative_flicker",
+    "release_estimators",
     "write_contact_sheet",
     "write_depth_preview",
     "write_previews",

@@ -97,6 +97,27 @@ def load_estimator(
         return _LOADED[key]
 
 
+def release_estimators() -> int:
+    """Forget every loaded estimator (frees its memory, e.g. before generation needs the GPU); returns how many."""
+    with _LOCK:
+        count = len(_LOADED)
+        _LOADED.clear()
+    if count:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return count
+
+
+@contextlib.contextmanager
+def quiet_imports():
+    """controlnet_aux imports all its annotators (mediapipe, timm registry, deprecated names): hide that noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _autocast(runtime: "Runtime"):
     import torch
 
@@ -151,7 +172,8 @@ def _build_depth_anything(folder: Path, runtime: "Runtime"):
 
 def _build_midas(folder: Path, runtime: "Runtime"):
     import torch
-    with _quiet():
+
+    with quiet_imports():
         from controlnet_aux.midas import MidasDetector
 
         net = MidasDetector.from_pretrained(str(folder), model_type="dpt_hybrid").model.to(runtime.device).eval()
@@ -168,7 +190,8 @@ def _build_midas(folder: Path, runtime: "Runtime"):
 
 def _build_zoe(folder: Path, runtime: "Runtime"):
     import torch
-    with _quiet():
+
+    with quiet_imports():
         from controlnet_aux.zoe import ZoeDetector
 
         net = ZoeDetector.from_pretrained(str(folder), model_type="zoedepth").model.to(runtime.device).eval()
@@ -180,14 +203,6 @@ def _build_zoe(folder: Path, runtime: "Runtime"):
         return -_to_size(metric, frames.shape[1], frames.shape[2])
 
     return predict, 4 if runtime.device != "cpu" else 1, net
-
-
-@contextlib.contextmanager
-def _quiet():
-    """controlnet_aux imports all its annotators (mediapipe, timm registry, deprecated names): hide that noise."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 @contextlib.contextmanager
@@ -203,11 +218,12 @@ def _bare_argv():
 
 def _build_leres(folder: Path, runtime: "Runtime"):
     import torch
-    with _quiet():
+
+    with quiet_imports():
         from controlnet_aux.leres import LeresDetector
 
     spec = get_spec("leres")
-    with _bare_argv(), _quiet():
+    with _bare_argv(), quiet_imports():
         detector = LeresDetector.from_pretrained(
             str(folder), filename=spec.options["filename"], pix2pix_filename=spec.options["pix2pix_filename"]
         )

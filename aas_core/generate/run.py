@@ -39,7 +39,7 @@ def control_frames(depth: DepthVideo, frames: int, size: tuple[int, int]) -> tup
     indices = np.round(np.linspace(0, depth.num_frames - 1, frames)).astype(int).tolist()
     gray = depth.as_uint8()
     images = [
-        ImageOps.fit(Image.fromarray(gray[i], mode="L"), size, method=Image.Resampling.BICUBIC).convert("RGB")
+        ImageOps.fit(Image.fromarray(gray[i]), size, method=Image.Resampling.BICUBIC).convert("RGB")
         for i in indices
     ]
     return images, indices
@@ -60,8 +60,10 @@ def _load_references(spec: ShotSpec, concepts: Sequence[Any]) -> list["Image.Ima
                 images.append(img.convert("RGB"))
         except (OSError, UnidentifiedImageError) as exc:
             raise InputError(f"reference image {path} cannot be read ({exc}); use a PNG or JPEG") from exc
-    for concept in concepts:
-        images.extend(img.convert("RGB") for img in concept.reference_images())
+    if spec.backend == "vace":
+        # VACE takes a character as reference images; AnimateDiff gets concepts as learned tokens instead.
+        for concept in concepts:
+            images.extend(img.convert("RGB") for img in concept.reference_images())
     return images
 
 

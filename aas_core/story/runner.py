@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import time
 import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
+
+import numpy as np
 
 from aas_core.errors import AASError, Cancelled, InputError
 from aas_core.fsutil import atomic_write_json, file_digest, json_digest
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import DEFAULT_CLIP
 from aas_core.story.schema import TOKEN, ClipRef, Shot, Story, load_story, save_story
+
+if TYPE_CHECKING:
+    from aas_core.device import Runtime
 
 CACHE_VERSION = 1
 """Bump when a stage's output changes for the same settings, so old cache entries stop matching."""
@@ -191,25 +197,22 @@ def _weights_identity(names: Sequence[str], weights_root: Optional[str]) -> dict
 
 
 def _retrieve(
-    story: Story, shot: Shot, library: Optional[str], out_dir: Path, weights_root: Optional[str], runtime: Any
+    story: Story, shot: Shot, library: Optional[str], out_dir: Path, weights_root: Optional[str], runtime: Optional["Runtime"]
 ) -> Optional[dict[str, Any]]:
     """The top search hit for the shot's query, cached in the run folder per library state."""
     from aas_core import library as lib
-    from aas_core.fsutil import atomic_write_json as write
     from aas_core.metrics import clip_text
 
     query = shot.query or clip_text(shot.prompt)
     info = lib.library_info(library)
     key = json_digest({"v": CACHE_VERSION, "q": query, "lib": info.library, "created": info.created, "min": story.defaults.min_clip_duration})
     cached = out_dir / "cache" / "retrieval" / f"{key}.json"
-    if cached.is_file():
-        import json
-
-        data = json.loads(cached.read_text())
+    data = _read_json(cached)
+    if data is not None:
         return data or None
     hits = lib.search(query, k=1, library=library, min_duration=story.defaults.min_clip_duration, weights_root=weights_root, runtime=runtime)
     hit = {**hits[0].to_dict(), "query": query} if hits else {}
-    write(cached, hit)
+    atomic_write_json(cached, hit)
     return hit or None
 
 
@@ -219,7 +222,7 @@ def plan_story(
     base_dir: str | os.PathLike[str] = ".",
     weights_root: Optional[str | os.PathLike[str]] = None,
     library: Optional[str | os.PathLike[str]] = None,
-    runtime: Any = None,
+    runtime: Optional["Runtime"] = None,
     on_progress: Optional[ProgressFn] = None,
 ) -> StoryPlan:
     """Check everything (files, concepts, settings, weights, retrieval) and fix every shot's cache key.
@@ -344,8 +347,6 @@ def _shot_dir(plan: StoryPlan, shot: ShotPlan) -> Path:
 
 
 def _read_json(path: Path) -> Optional[dict]:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -372,7 +373,7 @@ def _outcome(shot: ShotPlan, status: ShotStatus, **extra: Any) -> ShotOutcome:
     )
 
 
-def _run_shot(plan: StoryPlan, shot: ShotPlan, runtime: Any, progress: ProgressFn, cancel: Optional[CancelToken]) -> ShotOutcome:
+def _run_shot(plan: StoryPlan, shot: ShotPlan, runtime: Optional["Runtime"], progress: ProgressFn, cancel: Optional[CancelToken]) -> ShotOutcome:
     """Depth -> generate -> comparison video for one shot; returns the cached outcome when already done."""
     from aas_core.concepts.store import load_concept
     from aas_core.depth import depth_from_clip
@@ -416,15 +417,13 @@ def _run_shot(plan: StoryPlan, shot: ShotPlan, runtime: Any, progress: ProgressF
     return _outcome(shot, "generated", **done)
 
 
-def _decode(path: Path):
-    import numpy as np
-
+def _decode(path: Path) -> np.ndarray:
     from aas_core.video_io import iter_frames
 
     return np.stack([f.rgb for f in iter_frames(path)])
 
 
-def _shot_metrics(plan: StoryPlan, shot: ShotPlan, outcome: ShotOutcome, runtime: Any, clip_model: str) -> dict[str, Any]:
+def _shot_metrics(plan: StoryPlan, shot: ShotPlan, outcome: ShotOutcome, runtime: Optional["Runtime"], clip_model: str) -> dict[str, Any]:
     """The shot's metrics, computed once per (shot result, metric models) and kept beside it."""
     from aas_core.concepts.store import load_concept
     from aas_core.depth import DepthVideo, load_estimator
@@ -441,8 +440,6 @@ def _shot_metrics(plan: StoryPlan, shot: ShotPlan, outcome: ShotOutcome, runtime
     estimator = load_estimator(shot.depth["estimator"], plan.weights_root, runtime)
     photos = []
     for name in shot.concepts:
-        import numpy as np
-
         photos.extend(np.asarray(img) for img in load_concept(name, plan.weights_root).reference_images())
     result = shot_metrics(
         _decode(Path(outcome.video)), shot.shot.prompt, condition_depth=depth.frames, depth_estimate=estimator.predict,
@@ -469,7 +466,7 @@ def execute_plan(
     only: Optional[Sequence[str]] = None,
     metrics: bool = True,
     clip_model: str = DEFAULT_CLIP,
-    runtime: Any = None,
+    runtime: Optional["Runtime"] = None,
     on_progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
 ) -> StoryRun:
@@ -532,7 +529,7 @@ def run_story(
     library: Optional[str | os.PathLike[str]] = None,
     metrics: bool = True,
     clip_model: str = DEFAULT_CLIP,
-    runtime: Any = None,
+    runtime: Optional["Runtime"] = None,
     on_progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
 ) -> StoryRun:

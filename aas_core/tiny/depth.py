@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from aas_core.depth.estimators import quiet_imports
 from aas_core.registry import ModelSpec
 
 # The real Depth-Anything-V2-Small-hf preprocessor_config.json (hub), so tiny and real preprocess alike.
@@ -84,18 +85,22 @@ def _save_half(state: dict, path: Path, wrap: str | None = None) -> None:
 def write_tiny_midas(folder: Path, spec: ModelSpec) -> None:
     """`dpt_hybrid-midas-501f0c75.pt`: a random DPT-Hybrid state dict (what MidasDetector loads)."""
     import torch
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
 
     torch.manual_seed(0)
-    model = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+    with quiet_imports():  # also timm's "deprecated model name" notice for the hybrid backbone
+        from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
+
+        model = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
     _save_half(model.state_dict(), folder / spec.options["filename"])
 
 
 def write_tiny_zoe(folder: Path, spec: ModelSpec) -> None:
     """`ZoeD_M12_N.pt` holding {"model": state_dict} of a random ZoeDepth-N."""
     import torch
-    from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
-    from controlnet_aux.zoe.zoedepth.utils.config import get_config
+
+    with quiet_imports():
+        from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+        from controlnet_aux.zoe.zoedepth.utils.config import get_config
 
     torch.manual_seed(0)
     model = ZoeDepth.build_from_config(get_config("zoedepth", "infer"))
@@ -105,8 +110,10 @@ def write_tiny_zoe(folder: Path, spec: ModelSpec) -> None:
 def write_tiny_leres(folder: Path, spec: ModelSpec) -> None:
     """`res101.pth` ({"depth_model": ...}) and the pix2pix merge net `latest_net_G.pth`, random."""
     import torch
-    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
-    from controlnet_aux.leres.pix2pix.models import networks
+
+    with quiet_imports():
+        from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+        from controlnet_aux.leres.pix2pix.models import networks
 
     torch.manual_seed(0)
     _save_half(RelDepthModel(backbone="resnext101").state_dict(), folder / spec.options["filename"], wrap="depth_model")

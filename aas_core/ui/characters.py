@@ -59,6 +59,7 @@ def render(ctx: UIContext) -> None:
         with gr.Column():
             gr.Markdown(f"### Train a character from {config.min_photos}–{config.max_photos} photos")
             photos = gr.File(label="Photos", file_count="multiple", file_types=IMAGE_TYPES, elem_id="char-photos")
+            sample_btn = gr.Button("Use the sample character photos", size="sm", elem_id="char-sample")
             with gr.Row():
                 name = gr.Textbox(label="Name (prompt token <name>)", placeholder="alice", elem_id="char-name")
                 class_word = gr.Textbox(label="Class word", placeholder="woman, cat, robot…", elem_id="char-class")
@@ -74,7 +75,8 @@ def render(ctx: UIContext) -> None:
             loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=220)
             validation = gr.Gallery(label="Validation images", columns=4, height=180, allow_preview=True)
     gr.Markdown("### Saved characters")
-    gallery = gr.Gallery(label="Concepts (click one for its settings)", columns=6, height=200, allow_preview=False, elem_id="char-gallery")
+    gallery = gr.Gallery(label="Concepts (click one for its settings)", columns=6, height=200, allow_preview=False,
+                         object_fit="contain", fit_columns=False, elem_id="char-gallery")
     with gr.Row():
         details = gr.JSON(label="Settings", visible=True)
         with gr.Column():
@@ -94,7 +96,6 @@ def render(ctx: UIContext) -> None:
     def fill_sample():
         return sample_photos(config.cache_dir), "hero", "boy"
 
-    sample_btn = gr.Button("Use the sample character photos", size="sm", elem_id="char-sample")
     sample_btn.click(fill_sample, None, [photos, name, class_word], api_name=False)
 
     @action(config)
@@ -140,7 +141,8 @@ def render(ctx: UIContext) -> None:
             progress(state["fraction"], desc=state["message"])
             if len(state["losses"]) != shown or not worker.is_alive():
                 shown = len(state["losses"])
-                frame = pd.DataFrame(state["losses"], columns=["step", "loss"])
+                # Never send an empty (object-typed) frame: the plot would keep treating loss as a category.
+                frame = pd.DataFrame(state["losses"], columns=["step", "loss"]).astype({"step": int, "loss": float}) if state["losses"] else gr.skip()
                 folder = training_dir(concept, session.weights_root) / "validation" if concept else None
                 images = sorted(str(p) for p in folder.glob("step_*.png")) if folder and folder.is_dir() else []
                 yield state["message"], frame, images or gr.skip(), gr.skip(), gr.skip()
@@ -152,7 +154,7 @@ def render(ctx: UIContext) -> None:
         c = result.concept
         images = [str(c.folder / v) for v in c.validation]
         final = result.losses[-1] if result.losses else float("nan")
-        text = f"Saved **<{c.name}>** ({c.class_word}) after {len(result.losses)} steps, final loss {final:.4f}. Use `<{c.name}>` in prompts."
+        text = f"Saved **`<{c.name}>`** ({c.class_word}) after {len(result.losses)} steps, final loss {final:.4f}. Use `<{c.name}>` in prompts."
         if c.tiny:
             text += " *(tiny random model: a workflow preview)*"
         yield text, gr.skip(), images, concept_gallery(session.weights_root), time.time()
@@ -191,7 +193,7 @@ def render(ctx: UIContext) -> None:
         gr.Info(f"Imported <{c.name}>")
         return concept_gallery(session.weights_root), time.time()
 
-    ev = train_btn.click(train, [photos, name, class_word, steps, validate_every, lora],
+    train_btn.click(train, [photos, name, class_word, steps, validate_every, lora],
                          [status, loss_plot, validation, gallery, ctx.concepts_changed], concurrency_id=GPU_QUEUE, api_name="train")
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     gallery.select(show, None, [details, selected], api_name=False)

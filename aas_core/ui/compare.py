@@ -13,7 +13,8 @@ import numpy as np
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.generate import BACKENDS
 from aas_core.ui.characters import concept_names
-from aas_core.ui.common import GPU_QUEUE, UIContext, action, progress_fn
+from aas_core.ui.common import GPU_QUEUE, UIContext, action, missing_weights, progress_fn
+from aas_core.ui.story import GENERATION_MODELS
 
 VARIANT_COLUMNS = ["backend", "strength", "concept", "estimator"]
 MAX_VARIANTS = 4
@@ -38,6 +39,7 @@ def grid_frames(videos: list[np.ndarray]) -> np.ndarray:
 def render(ctx: UIContext) -> None:
     """Build the tab and wire its events."""
     config = ctx.config
+    notice = gr.Markdown(missing_weights(config, GENERATION_MODELS))
     gr.Markdown("Compare one shot under 2–4 settings. The clip is the one picked in *Clip Library* (or upload one in *Motion Structure* first).")
     with gr.Row():
         with gr.Column():
@@ -134,8 +136,9 @@ def render(ctx: UIContext) -> None:
         return str(path), table_rows, text_note
 
     ctx.selected_clip.change(show_clip, ctx.selected_clip, source, api_name=False)
-    ev = run_btn.click(compare, [ctx.selected_clip, ctx.depth_ref, prompt, concept, seed, frames, side, steps, variants],
+    run_btn.click(compare, [ctx.selected_clip, ctx.depth_ref, prompt, concept, seed, frames, side, steps, variants],
                        [grid, table, note], concurrency_id=GPU_QUEUE, api_name="compare")
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     ctx.concepts_changed.change(refresh_concepts, None, concept, api_name=False)
     ctx.loaders.append((refresh_concepts, [concept]))
+    ctx.refreshers.append((notice, lambda: missing_weights(config, GENERATION_MODELS)))

@@ -103,7 +103,11 @@ class AppConfig:
         if self._error:
             from aas_core.errors import WeightsMissingError
 
-            raise WeightsMissingError(self._error[0])
+            message = self._error.pop()
+            # The next action tries again instead of the app staying broken until a restart.
+            self._started.clear()
+            self._ready.clear()
+            raise WeightsMissingError(message + "; the next action will try again")
 
     @property
     def ready(self) -> bool:

@@ -94,7 +94,7 @@ def render(ctx: UIContext) -> None:
         return str(written.get("side_by_side", written["depth"])), str(written["contact_sheet"]), flicker_markdown(depth), ref
 
     ctx.selected_clip.change(show_clip, ctx.selected_clip, [source, start, end], api_name=False)
-    ev = run_btn.click(extract, [ctx.selected_clip, upload, start, end, speed, fit, width, height, frames, estimator, smoothing],
+    run_btn.click(extract, [ctx.selected_clip, upload, start, end, speed, fit, width, height, frames, estimator, smoothing],
                        [side, sheet, figures, ctx.depth_ref], concurrency_id=GPU_QUEUE, api_name="depth")
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     ctx.refreshers.append((notice, lambda: missing_weights(config, [DEFAULT_ESTIMATOR])))

@@ -86,7 +86,7 @@ def render(ctx: UIContext) -> None:
                 min_duration = gr.Number(0.0, label="Shortest shot (s)", minimum=0)
             search_btn = gr.Button("Search", variant="primary", elem_id="library-search")
     gallery = gr.Gallery(label="Hits (click one to play it and use it in Motion Structure)", columns=6, height=220,
-                         allow_preview=False, elem_id="library-hits")
+                         allow_preview=False, object_fit="contain", fit_columns=False, elem_id="library-hits")
     with gr.Row():
         player = gr.Video(label="Shot", autoplay=True, height=260, elem_id="library-player")
         with gr.Column():
@@ -147,8 +147,8 @@ def render(ctx: UIContext) -> None:
         text = f"Selected **{Path(hit['path']).name}** {hit['start']:.2f}–{hit['end']:.2f} s (score {hit['score']:.3f}). It is ready in *Motion Structure*."
         return shot_preview(hit, session.outputs), text, clip
 
-    index_ev = index_btn.click(index, [uploads, folder, model], summary, concurrency_id=GPU_QUEUE, api_name="index_clips")
-    samples_ev = samples_btn.click(add_samples, [model], summary, concurrency_id=GPU_QUEUE, api_name="index_samples")
+    index_btn.click(index, [uploads, folder, model], summary, concurrency_id=GPU_QUEUE, api_name="index_clips")
+    samples_btn.click(add_samples, [model], summary, concurrency_id=GPU_QUEUE, api_name="index_samples")
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
     search_args = dict(fn=search, inputs=[query, image, k, min_duration], outputs=[hits_state, gallery, table], concurrency_id=GPU_QUEUE)
     search_btn.click(**search_args, api_name="search")

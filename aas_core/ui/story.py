@@ -22,6 +22,8 @@ EXAMPLE_STORIES = [
     ["Morning", "A boy walks to school. A dog runs after him. They reach the gate together."],
 ]
 AUDIO_TYPES = [".mp3", ".wav", ".m4a", ".ogg", ".flac"]
+GENERATION_MODELS = ["sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15", DEFAULT_ESTIMATOR]
+"""What the default backend and depth estimator need (named in the weights notice)."""
 
 
 def clip_text(clip: Any) -> str:
@@ -125,7 +127,7 @@ def status_markdown(run: Any, tiny: bool) -> str:
 def render(ctx: UIContext) -> None:
     """Build the tab and wire its events."""
     config = ctx.config
-    notice = gr.Markdown(missing_weights(config, ["sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15", DEFAULT_ESTIMATOR]))
+    notice = gr.Markdown(missing_weights(config, GENERATION_MODELS))
     candidates_state = gr.State([])
     with gr.Row():
         with gr.Column(scale=2):
@@ -155,12 +157,14 @@ def render(ctx: UIContext) -> None:
             project_out = gr.File(label="Story project", interactive=False)
     table = gr.Dataframe(headers=SHOT_COLUMNS, datatype=["str"] * len(SHOT_COLUMNS),
                          type="array", interactive=True, column_count=(len(SHOT_COLUMNS), "fixed"), wrap=True,
+                         column_widths=["8%", "16%", "24%", "14%", "24%", "7%", "7%"],
                          label="Shot list (edit freely; clip = auto, a file, or file@start-end)", elem_id="story-table")
     with gr.Row():
         shot_pick = gr.Dropdown([], label="Shot", elem_id="story-shot", allow_custom_value=True)
         find_btn = gr.Button("Find candidate clips")
         use_btn = gr.Button("Use the clip picked in Clip Library")
-    candidates = gr.Gallery(label="Candidates (click to use for this shot)", columns=6, height=160, allow_preview=False)
+    candidates = gr.Gallery(label="Candidates (click to use for this shot)", columns=6, height=160, allow_preview=False,
+                            object_fit="contain", fit_columns=False, elem_id="story-candidates")
     with gr.Row():
         gen_btn = gr.Button("Generate this shot", variant="primary", elem_id="story-generate")
         regen_btn = gr.Button("Regenerate with a new seed")
@@ -307,17 +311,16 @@ def render(ctx: UIContext) -> None:
     outs = [shot_video, comparison, final, storyboard, downloads, status]
     draft_btn.click(draft, [text, title], [table, shot_pick], api_name="draft")
     table.input(lambda rows: gr.update(choices=ids_of(rows)), table, shot_pick, api_name=False)
-    project_in.upload(load_project, project_in, [title, table, shot_pick], api_name=False)
+    project_in.upload(load_project, project_in, [title, table, shot_pick], api_name="load_project")
     save_btn.click(save_project, [title, table, *settings], project_out, api_name="save_project")
     find_btn.click(find, [table, shot_pick], [candidates_state, candidates], concurrency_id=GPU_QUEUE, api_name=False)
     candidates.select(pick_candidate, [candidates_state, table, shot_pick], table, api_name=False)
     use_btn.click(use_selected, [ctx.selected_clip, table, shot_pick], table, api_name=False)
     args = [title, table, shot_pick, *settings]
-    one = gen_btn.click(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_shot")
+    gen_btn.click(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_shot")
     bumped = regen_btn.click(bump_seed, [table, shot_pick], table, api_name=False)
-    again = bumped.then(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name=False)
-    every = all_btn.click(generate_all, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_all")
-    joined = stitch_btn.click(stitch, args, outs, concurrency_id=GPU_QUEUE, api_name="stitch")
+    bumped.then(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name=False)
+    all_btn.click(generate_all, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_all")
+    stitch_btn.click(stitch, args, outs, concurrency_id=GPU_QUEUE, api_name="stitch")
     cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
-    ctx.refreshers.append((notice, lambda: missing_weights(
-        config, ["sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15", DEFAULT_ESTIMATOR])))
+    ctx.refreshers.append((notice, lambda: missing_weights(config, GENERATION_MODELS)))
