@@ -176,47 +176,71 @@ class _ShotFrames:
 
     moviepy's VideoFileClip runs one ffmpeg reader process per shot and pays a pipe round trip per
     frame; generated shots are short, so decoding a whole shot at once is faster and stays small.
+    Letterboxing and the caption are applied here too, with one small alpha blend per frame,
+    instead of a moviepy composite (which alpha-composites the whole frame through Pillow).
     """
 
-    def __init__(self, paths: Sequence[str]) -> None:
-        self.paths = list(paths)
-        self.loaded: dict[int, list[np.ndarray]] = {}
-
-    def frames(self, index: int) -> list[np.ndarray]:
-        """The decoded frames of shot `index`, evicting shots that can no longer be on screen."""
-        from aas_core.video_io import iter_frames
-
-        if index not in self.loaded:
-            for old in [k for k in self.loaded if abs(k - index) > 1]:
-                del self.loaded[old]
-            self.loaded[index] = [f.rgb for f in iter_frames(self.paths[index])]
-        return self.loaded[index]
-
-    def clip(self, index: int):
-        """A moviepy clip of shot `index` (nothing is decoded until a frame is asked for)."""
-        from moviepy import VideoClip
-
+    def __init__(self, paths: Sequence[str], size: Optional[tuple[int, int]] = None) -> None:
         from aas_core.video_io import probe
 
-        info = probe(self.paths[index])
+        self.paths = list(paths)
+        self.infos = [probe(p) for p in self.paths]
+        self.size = even_size(*(size or (self.infos[0].width, self.infos[0].height)))
+        self.loaded: dict[int, list[np.ndarray]] = {}
+        self.first: dict[int, np.ndarray] = {}
+
+    def _decode(self, index: int, first_only: bool = False) -> list[np.ndarray]:
+        from aas_core.video_io import iter_frames
+
+        frames = []
+        for decoded in iter_frames(self.paths[index]):
+            frames.append(decoded.rgb)
+            if first_only:
+                break
+        if not frames:
+            raise InputError(f"shot video {self.paths[index]} has no decodable frames; run the story again to regenerate it")
+        return frames
+
+    def frame(self, index: int, t: float) -> np.ndarray:
+        """The raw frame of shot `index` at `t` seconds into the shot."""
+        k = max(0, int(t * self.infos[index].fps + 1e-6))
+        if k == 0 and index not in self.loaded:
+            # moviepy asks every clip for frame 0 while building effects: don't decode whole shots for that.
+            if index not in self.first:
+                self.first[index] = self._decode(index, first_only=True)[0]
+            return self.first[index]
+        if index not in self.loaded:
+            for old in [i for i in self.loaded if abs(i - index) > 1]:
+                del self.loaded[old]
+            self.loaded[index] = self._decode(index)
+        frames = self.loaded[index]
+        return frames[min(len(frames) - 1, k)]
+
+    def clip(self, index: int, caption: Optional[np.ndarray] = None, margin: int = 0):
+        """A moviepy clip of shot `index` at the output size, with its caption (RGBA) near the bottom."""
+        from moviepy import VideoClip
+
+        info, (width, height) = self.infos[index], self.size
+        scale = min(width / info.width, height / info.height)
+        fit = (max(2, round(info.width * scale)), max(2, round(info.height * scale)))
+        offset = ((width - fit[0]) // 2, (height - fit[1]) // 2)
 
         def frame_at(t: float) -> np.ndarray:
-            frames = self.frames(index)
-            return frames[min(len(frames) - 1, max(0, int(t * info.fps + 1e-6)))]
+            frame = self.frame(index, t)
+            if fit != (frame.shape[1], frame.shape[0]) or offset != (0, 0):
+                canvas = np.zeros((height, width, 3), np.uint8)
+                canvas[offset[1] : offset[1] + fit[1], offset[0] : offset[0] + fit[0]] = _resize(frame, fit)
+                frame = canvas
+            elif caption is not None:
+                frame = frame.copy()
+            if caption is not None:
+                _paste(frame, caption, (width - caption.shape[1]) // 2, max(0, height - caption.shape[0] - margin))
+            return frame
 
-        # Built without frame_function so moviepy does not decode frame 0 to learn the size.
+        # Built without frame_function so moviepy does not ask for frame 0 to learn the size.
         clip = VideoClip(duration=info.duration)
-        clip.frame_function, clip.size, clip.fps = frame_at, (info.width, info.height), info.fps
+        clip.frame_function, clip.size, clip.fps = frame_at, (width, height), info.fps
         return clip
-
-
-def _fit(clip, size: tuple[int, int]):
-    """Scale a clip to fit inside `size` keeping its aspect (letterboxed later by the composite)."""
-    w, h = clip.size
-    if (w, h) == tuple(size):
-        return clip
-    scale = min(size[0] / w, size[1] / h)
-    return clip.resized(new_size=(max(2, round(w * scale)), max(2, round(h * scale))))
 
 
 def stitch(
@@ -227,7 +251,7 @@ def stitch(
     cancel: Optional[CancelToken] = None,
 ) -> StitchResult:
     """Assemble shot videos into one H.264 yuv420p +faststart mp4 (atomic write)."""
-    from moviepy import AudioFileClip, ColorClip, CompositeVideoClip, ImageClip, afx, vfx
+    from moviepy import AudioFileClip, CompositeVideoClip, ImageClip, afx, vfx
 
     settings = settings or StitchSettings()
     if not shots:
@@ -242,15 +266,14 @@ def stitch(
     if settings.music and not Path(settings.music).is_file():
         raise InputError(f"music file {settings.music} does not exist; check the path")
     report(on_progress, 0.0, "opening shots")
-    decoded = _ShotFrames([s.path for s in shots])
-    sources = [decoded.clip(i) for i in range(len(shots))]
+    shot_frames = _ShotFrames([s.path for s in shots], settings.size)
+    size = shot_frames.size
+    durations = [info.duration for info in shot_frames.infos]
+    title_duration = settings.title_duration if settings.title else 0.0
+    starts, total = timeline(shots, durations, title_duration)
+    font_size = settings.font_size or max(10, size[1] // 14)
     opened: list = []
     try:
-        size = even_size(*(settings.size or sources[0].size))
-        durations = [float(c.duration) for c in sources]
-        title_duration = settings.title_duration if settings.title else 0.0
-        starts, total = timeline(shots, durations, title_duration)
-        font_size = settings.font_size or max(10, size[1] // 14)
         layers = []
         if settings.title:
             text = render_text(settings.title, int(size[0] * 0.9), max(12, size[1] // 9))
@@ -258,31 +281,26 @@ def stitch(
                 [ImageClip(text, duration=title_duration).with_position("center")], size=size, bg_color=(0, 0, 0)
             ).with_duration(title_duration)
             layers.append(card.with_effects([vfx.FadeIn(title_duration / 4), vfx.FadeOut(title_duration / 4)]))
-        for i, (shot, clip) in enumerate(zip(shots, sources)):
-            parts = [_fit(clip, size).with_position("center")]
+        for i, shot in enumerate(shots):
+            caption = None
             if settings.captions and shot.caption.strip():
-                text = render_text(shot.caption, int(size[0] * 0.92), font_size)
-                parts.append(ImageClip(text, duration=durations[i]).with_position(("center", size[1] - text.shape[0] - size[1] // 24)))
-            if len(parts) == 1 and tuple(parts[0].size) == size:
-                layer = parts[0]  # nothing to lay over it: skip a composite (one full-frame copy per frame)
-            else:
-                layer = CompositeVideoClip(parts, size=size, bg_color=(0, 0, 0)).with_duration(durations[i])
-            effects = []
-            if i > 0:
-                prev = shots[i - 1]
-                cross = overlap(prev, durations[i - 1], durations[i])
-                fade_in = _fade(prev, durations[i - 1], durations[i])
-                if cross > 0:
-                    effects.append(vfx.CrossFadeIn(cross))
-                if fade_in > 0:
-                    effects.append(vfx.FadeIn(fade_in))
+                caption = render_text(shot.caption, int(size[0] * 0.92), font_size)
+            layer = shot_frames.clip(i, caption, margin=size[1] // 24)
             if i + 1 < len(shots):
                 fade_out = _fade(shot, durations[i], durations[i + 1])
                 if fade_out > 0:
-                    effects.append(vfx.FadeOut(fade_out))
-            layers.append(layer.with_effects(effects).with_start(starts[i]))
-        if not layers:
-            layers.append(ColorClip(size, (0, 0, 0), duration=total))
+                    layer = layer.with_effects([vfx.FadeOut(fade_out)])
+            if i > 0:
+                fade_in = _fade(shots[i - 1], durations[i - 1], durations[i])
+                if fade_in > 0:
+                    layer = layer.with_effects([vfx.FadeIn(fade_in)])
+                cross = overlap(shots[i - 1], durations[i - 1], durations[i])
+                if cross > 0:
+                    # Only the overlapping head needs a mask; masked layers are composited far more slowly.
+                    layers.append(layer.subclipped(0, cross).with_effects([vfx.CrossFadeIn(cross)]).with_start(starts[i]))
+                    layers.append(layer.subclipped(cross).with_start(starts[i] + cross))
+                    continue
+            layers.append(layer.with_start(starts[i]))
         final = CompositeVideoClip(layers, size=size, bg_color=(0, 0, 0)).with_duration(total)
         final.mask = None
         if settings.music:

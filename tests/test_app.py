@@ -185,6 +185,19 @@ def test_every_tab_main_action(server: Server, media: dict[str, Path]) -> None:
     assert info.width == 128 and info.height == 64
     assert len(metrics["data"]) == 2 and metrics["data"][1][5] != "-"  # identity only for the concept row
 
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    width = json.loads((server.scratch / "tiny" / "sd15" / "text_encoder" / "config.json").read_text())["hidden_size"]
+    ti_file = server.scratch / "villain.safetensors"
+    save_file({"emb_params": torch.randn(2, width)}, str(ti_file))
+    imported = c.predict(handle_file(str(ti_file)), "textual inversion", "villain", "man", "", api_name="/import_concept")
+    assert [g["caption"].split(" ")[0] for g in imported] == ["<hero>", "<villain>"]
+    remaining = c.predict("villain", api_name="/delete_concept")[0]
+    assert [g["caption"].split(" ")[0] for g in remaining] == ["<hero>"]
+
     project = c.predict("Test story", rows, *settings, api_name="/save_project")
     assert "<hero> kicks a ball" in Path(project).read_text()
     loaded_title, loaded_rows, _ = c.predict(handle_file(project), api_name="/load_project")

