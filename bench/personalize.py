@@ -109,7 +109,7 @@ def saved_activation_bytes(trainer: TimeInvTrainer) -> int:
 
 
 def bench_variant(parts: SDParts, runtime: Runtime, name: str, args: argparse.Namespace, rss: PeakRSS) -> dict:
-    """Warm-up step, then `args.steps` timed steps of one variant."""
+    """`args.warmup` untimed steps, then `args.steps` timed steps of one variant."""
     import torch
 
     cuda = runtime.device == "cuda"
@@ -119,7 +119,10 @@ def bench_variant(parts: SDParts, runtime: Runtime, name: str, args: argparse.Na
     start_rss = rss.reset()
     trainer = TimeInvTrainer(parts, "bench", "woman", photos(), settings, runtime)
     try:
-        trainer.step()  # warm-up (allocator, autograd graph caches)
+        for _ in range(args.warmup):
+            # The first steps of a process pay one-off costs (allocator growth, autograd caches);
+            # a 1500-step training lives in the steady state.
+            trainer.step()
         activations = saved_activation_bytes(trainer)
         if cuda:
             torch.cuda.synchronize()
@@ -157,6 +160,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--device")
     parser.add_argument("--dtype")

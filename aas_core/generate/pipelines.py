@@ -6,7 +6,7 @@ import gc
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from aas_core.device import Runtime
@@ -42,7 +42,7 @@ class LoadedPipeline:
     """Registry name -> hub id, revision, tiny flag, local path (for params.json)."""
     scheduler_config: dict[str, Any]
     load_s: float
-    tiny: bool = field(default=False)
+    tiny: bool = False
 
 
 _lock = threading.Lock()

@@ -6,7 +6,7 @@ import re
 
 from aas_core.errors import InputError
 from aas_core.metrics import clip_text
-from aas_core.story.schema import MAX_SHOTS, TOKEN, Character, Shot, Story, with_ids
+from aas_core.story.schema import MAX_SHOTS, TOKEN, Character, Defaults, GenerateSettings, Shot, Story, with_ids
 
 SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
@@ -39,4 +39,13 @@ def draft_story(text: str, title: str = "") -> Story:
             query, prompt, caption = parts
         names.extend(n for n in TOKEN.findall(prompt) if n not in names)
         shots.append(Shot(prompt=prompt, query=query, caption=caption))
-    return with_ids(Story(shots=shots, title=title, characters=[Character(name=n) for n in names]))
+    return with_ids(Story(shots=shots, title=title, characters=[Character(name=n) for n in names], defaults=_engine_defaults()))
+
+
+def _engine_defaults() -> Defaults:
+    """Story defaults spelling out the generation engine's own defaults, so the drafted file shows what to edit."""
+    from aas_core.generate.spec import ShotSpec
+
+    spec = ShotSpec(prompt="draft")
+    keep = ("backend", "width", "height", "frames", "fps", "steps", "guidance", "strength")
+    return Defaults(generate=GenerateSettings(**{k: getattr(spec, k) for k in keep}))

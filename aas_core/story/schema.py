@@ -294,9 +294,19 @@ def load_story(path: str | os.PathLike[str]) -> Story:
     return with_ids(parse_story(text, source=path.name))
 
 
+def _prune(value: Any) -> Any:
+    """Drop empty mappings (`options: {}`) so written files show only what is set."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v != {}}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
 def story_to_dict(story: Story) -> dict[str, Any]:
     """JSON/YAML-ready form of a story (round-trips through `parse_story`)."""
-    return _adapter().dump_python(story, mode="json", exclude_none=True)
+    return _prune(_adapter().dump_python(story, mode="json", exclude_none=True))
 
 
 def dump_story(story: Story) -> str:
