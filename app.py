@@ -20,6 +20,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def ensure_nodeps_requirements() -> None:
+    """On a Hugging Face Space, install requirements-nodeps.txt (Spaces only install requirements.txt)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("scenedetect") is None:
+        # PySceneDetect must come without its opencv-python dependency (see README: Set up).
+        nodeps = Path(__file__).with_name("requirements-nodeps.txt")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(nodeps)], check=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Parse flags and serve the app."""
     args = parse_args(argv)
@@ -28,6 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     if os.environ.get("SPACE_ID"):
         args.host = "0.0.0.0"
+        ensure_nodeps_requirements()
     launch(AppConfig.from_env(tiny=args.tiny, multi_user=args.multi_user), host=args.host, port=args.port, share=args.share)
 
 
