@@ -8,6 +8,7 @@ when the system has it, else Pillow's built-in scalable font, so no font downloa
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +318,8 @@ def stitch(
             final = final.with_audio(music)
         out_path = Path(out_path)
         frames = int(round(total * settings.fps))
-        with atomic_path(out_path, suffix=".mp4") as tmp:
+        # moviepy leaves its temporary audio file behind when writing fails (or is cancelled): give it a scratch folder.
+        with atomic_path(out_path, suffix=".mp4") as tmp, tempfile.TemporaryDirectory(prefix=".stitch-", dir=out_path.parent) as scratch:
             final.write_videofile(
                 str(tmp),
                 fps=settings.fps,
@@ -325,7 +327,7 @@ def stitch(
                 preset=settings.preset,
                 audio=bool(settings.music),
                 audio_codec="aac",
-                temp_audiofile_path=str(out_path.parent),
+                temp_audiofile=str(Path(scratch) / "audio.m4a"),
                 ffmpeg_params=["-crf", str(settings.crf), *X264_PARAMS],
                 logger=_logger(on_progress, cancel, frames),
             )

@@ -97,15 +97,19 @@ def test_captions_and_title_render(tmp_path):
     assert (plain > 200).all(axis=2).sum() == 0
 
 
-def test_music_is_trimmed_to_the_video(tmp_path, three_shots):
-    rate = 22050
-    tone = (np.sin(np.arange(rate * 10) * 2 * np.pi * 440 / rate) * 12000).astype(np.int16)
-    music = tmp_path / "music.wav"
-    with wave.open(str(music), "wb") as fh:
+def write_tone(path, seconds: float = 10.0, rate: int = 22050):
+    tone = (np.sin(np.arange(int(rate * seconds)) * 2 * np.pi * 440 / rate) * 12000).astype(np.int16)
+    with wave.open(str(path), "wb") as fh:
         fh.setnchannels(1)
         fh.setsampwidth(2)
         fh.setframerate(rate)
         fh.writeframes(tone.tobytes())
+    return path
+
+
+def test_music_is_trimmed_to_the_video(tmp_path, three_shots):
+    rate = 22050
+    music = write_tone(tmp_path / "music.wav", rate=rate)
     settings = StitchSettings(fps=8, music=str(music), music_start=1.0, music_fade_out=1.0)
     result = stitch([StitchShot(p) for p in three_shots], tmp_path / "m.mp4", settings)
     import av
@@ -116,6 +120,24 @@ def test_music_is_trimmed_to_the_video(tmp_path, three_shots):
         assert audio.codec_context.name == "aac"
     assert result.has_audio and audio_duration == pytest.approx(6.0, abs=0.15)
     assert faststart(result.path)
+
+
+def test_cancel_leaves_nothing_behind(tmp_path, three_shots):
+    from aas_core.errors import Cancelled
+    from aas_core.progress import CancelToken
+
+    out = tmp_path / "out"
+    out.mkdir()
+    token = CancelToken()
+
+    def cancel_midway(fraction: float, message: str) -> None:
+        if "frame 10/" in message:
+            token.cancel()
+
+    settings = StitchSettings(fps=8, music=str(write_tone(tmp_path / "m.wav")))
+    with pytest.raises(Cancelled):
+        stitch([StitchShot(p) for p in three_shots], out / "story.mp4", settings, on_progress=cancel_midway, cancel=token)
+    assert list(out.iterdir()) == []
 
 
 def test_other_sizes_are_letterboxed_to_the_first(tmp_path):

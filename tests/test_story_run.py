@@ -48,19 +48,23 @@ def env(tiny_root, tmp_path_factory):
     from aas_core.library import index_folder
 
     ensure_tiny(tiny_root, *MODELS)
+    # Our own weights folder (models linked in) so the test concept does not show up in other tests' listings.
+    root = tmp_path_factory.mktemp("story_weights")
+    for name in MODELS:
+        (root / name).symlink_to(tiny_root / name, target_is_directory=True)
     folder = tmp_path_factory.mktemp("story")
     clips = folder / "clips"
     clips.mkdir()
     for colour, direction in (("red", "right"), ("green", "down"), ("blue", "left")):
         write_clip(clips / f"{colour}.mp4", moving_square_frames(colour, direction, frames=24), fps=8)
     runtime = pick_runtime("cpu")
-    index_folder(clips, library=folder / "lib", weights_root=tiny_root, runtime=runtime)
-    dim = json.loads((tiny_root / "sd15" / "text_encoder" / "config.json").read_text())["hidden_size"]
+    index_folder(clips, library=folder / "lib", weights_root=root, runtime=runtime)
+    dim = json.loads((root / "sd15" / "text_encoder" / "config.json").read_text())["hidden_size"]
     photo = Image.fromarray(moving_square_frames("red", frames=1, size=(64, 64))[0])
     torch.manual_seed(0)
     concept = Concept(name=CONCEPT, class_word="square", buckets=4, vectors=1, dim=dim, base_model="sd15", tiny=True)
-    write_concept(concept, torch.randn(4, 1, dim), root=tiny_root, overwrite=True, photos=[photo])
-    return tiny_root, folder, runtime
+    write_concept(concept, torch.randn(4, 1, dim), root=root, overwrite=True, photos=[photo])
+    return root, folder, runtime
 
 
 def write_story(folder: Path, name: str = "story.yaml", **edits: str) -> Path:
@@ -147,6 +151,36 @@ def test_three_shot_story_end_to_end_resumes_after_a_kill(env):
     assert statuses(third) == ["cached", "generated", "cached"]
     assert len(list((out / "shots" / "green").glob("*/done.json"))) == 2
     assert red_done.stat().st_mtime_ns == stamp
+
+
+def test_sigkill_loses_nothing_finished(env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, folder, _ = env
+    story, out = write_story(folder, "killed.yaml"), tmp_path / "out"
+    command = [sys.executable, "-m", "aas_core", "story", "run", str(story), "--out", str(out), "--weights", str(root),
+               "--library", str(folder / "lib"), "--device", "cpu", "--no-metrics", "--json"]
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env_vars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 150
+        while not list((out / "shots" / "red").glob("*/done.json")):
+            assert process.poll() is None and time.monotonic() < deadline, "the first shot never finished"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    red_done = next((out / "shots" / "red").glob("*/done.json"))
+    stamp = red_done.stat().st_mtime_ns
+    result = run(env, story, out, metrics=False)
+    assert result.shots[0].status == "cached" and red_done.stat().st_mtime_ns == stamp
+    assert all(s.status in ("cached", "generated") for s in result.shots)
+    assert probe(result.video).duration == pytest.approx(3.5, abs=0.01)
 
 
 def test_a_failing_shot_does_not_stop_the_others(env, tmp_path):

@@ -32,7 +32,7 @@ def _new(args: argparse.Namespace) -> dict:
 def _runtime(args: argparse.Namespace):
     from aas_core.device import pick_runtime
 
-    return pick_runtime(args.device, args.dtype)
+    return pick_runtime(getattr(args, "device", None), getattr(args, "dtype", None))
 
 
 def _check(args: argparse.Namespace) -> dict:
@@ -90,8 +90,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
     p.add_argument("--library", help="clip library folder for `clip: auto` shots (default: the story's `library:` or the default library)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="compute device (default: auto)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="compute dtype (default: auto)")
+    # SUPPRESS: when absent here, the global `python -m aas_core --device ...` value is kept.
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=argparse.SUPPRESS, help="compute device (default: auto)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=argparse.SUPPRESS, help="compute dtype (default: auto)")
 
 
 def register(sub: "argparse._SubParsersAction") -> None:

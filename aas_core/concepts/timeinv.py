@@ -95,7 +95,7 @@ class TokenSwap:
         names = [t for e in self.entries for t in vector_tokens(e.token, e.table.shape[1])]
         clash = [t for t in names if t in tokenizer.get_vocab()]
         if clash:
-            raise ValueError(f"tokens {clash} are already in the tokenizer; a concept is applied twice")
+            raise InputError(f"tokens {clash} are already in the tokenizer: a concept is applied twice (nested apply_concepts?)")
         tokenizer.add_tokens(names)
         ids = tokenizer.convert_tokens_to_ids(names)
         self.first_id = min(ids)

@@ -83,8 +83,6 @@ class StoryPlan:
     story: Story
     shots: list[ShotPlan]
     out_dir: Path
-    base_dir: Path
-    music: Optional[str]
     fps: float
     weights_root: Optional[str]
 
@@ -235,6 +233,7 @@ def plan_story(
     from aas_core.depth.pipeline import source_digest
     from aas_core.generate import ShotSpec
     from aas_core.generate.pipelines import BACKEND_MODELS
+    from aas_core.metrics import clip_text
     from aas_core.video_io import probe
 
     base = Path(base_dir).absolute()
@@ -293,18 +292,21 @@ def plan_story(
         raise InputError("the story cannot run:\n  " + "\n  ".join(problems))
 
     plans = []
-    needs_search = [s for s in staged if s[6] == "auto"]
-    for n, (i, shot, spec, estimator, options, weights, clip) in enumerate(staged):
+    searches = sum(1 for s in staged if s[6] == "auto")
+    searched = 0
+    for i, shot, spec, estimator, options, weights, clip in staged:
         retrieval = None
         if clip == "auto":
-            report(on_progress, 0.5 * n / max(len(needs_search), 1), f"finding a clip for {shot.id}")
+            report(on_progress, searched / max(searches, 1), f"finding a clip for {shot.id}")
+            searched += 1
             try:
                 retrieval = _retrieve(story, shot, lib_path, out, root, runtime)
             except InputError as exc:
                 problems.append(_error_at(shot, i, f"retrieval: {exc}"))
                 continue
             if retrieval is None:
-                problems.append(_error_at(shot, i, f"retrieval found no clip for {shot.query or shot.prompt!r} (min length "
+                query = shot.query or clip_text(shot.prompt)
+                problems.append(_error_at(shot, i, f"retrieval found no clip for {query!r} (min length "
                                                f"{story.defaults.min_clip_duration}s); index more clips or set `clip:` to a file"))
                 continue
             clip = ClipRef(path=retrieval["path"], start=retrieval["start"], end=retrieval["end"])
@@ -317,7 +319,7 @@ def plan_story(
             "size": (spec.width, spec.height),
             **options,
         }
-        concepts = [aliases[n] for n in TOKEN.findall(shot.prompt) if n in aliases]
+        concepts = [aliases[name] for name in TOKEN.findall(shot.prompt) if name in aliases]
         key = json_digest({
             "v": CACHE_VERSION,
             "spec": spec.to_dict(),
@@ -339,7 +341,7 @@ def plan_story(
     resolved = dataclasses.replace(story, shots=[p.shot for p in plans], library=lib_path,
                                    output=dataclasses.replace(story.output, music=music))
     report(on_progress, 1.0, "story checked")
-    return StoryPlan(story=resolved, shots=plans, out_dir=out, base_dir=base, music=music, fps=fps, weights_root=root)
+    return StoryPlan(story=resolved, shots=plans, out_dir=out, fps=fps, weights_root=root)
 
 
 def _shot_dir(plan: StoryPlan, shot: ShotPlan) -> Path:
