@@ -149,6 +149,15 @@ def test_global_scale_flickers_less_than_per_frame_minmax():
     assert flicker(normalize(raw, "global", smoothing=1.0)) <= flicker(steady) + 1e-6
 
 
+def test_aligned_mode_removes_scale_drift():
+    # A relative-depth network's output may change scale and shift per frame on a still scene:
+    # one global scale keeps that drift, "aligned" (median/IQR per frame) removes it.
+    rng = np.random.default_rng(1)
+    scene = rng.uniform(1.0, 2.0, (32, 32)).astype(np.float32)
+    raw = np.stack([scene * rng.uniform(0.7, 1.3) + rng.uniform(-0.5, 0.5) for _ in range(12)])
+    assert flicker(normalize(raw, "aligned")) < 0.001 < 0.02 < flicker(normalize(raw, "global"))
+
+
 def test_flicker_figures():
     assert flicker(np.zeros((1, 4, 4))) == 0.0
     frames = np.zeros((3, 2, 2), np.float32)
@@ -212,6 +221,7 @@ def test_progress_and_cancel(clip, root, tmp_path):
         ({"speed": 0.0}, "speed"),
         ({"frames": 0}, "frames"),
         ({"smoothing": -1.0}, "smoothing"),
+        ({"normalize_mode": "minmax"}, "normalize_mode"),
     ],
 )
 def test_bad_requests_name_the_fix(clip, root, tmp_path, kwargs, fragment):
@@ -236,6 +246,11 @@ def test_estimator_names_are_registry_models():
     from aas_core.registry import names_of_kind
 
     assert ESTIMATORS[0] == DA and set(ESTIMATORS) == set(names_of_kind("depth"))
+
+
+def test_aligned_mode_through_the_pipeline(clip, root, tmp_path):
+    dv = run(clip, root, tmp_path, frames=4, normalize_mode="aligned")
+    assert dv.settings["normalize"] == "aligned" and 0.0 <= dv.frames.min() < dv.frames.max() <= 1.0
 
 
 def test_conditioning_clip_alone(clip):

@@ -112,7 +112,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--speed", type=float, default=1.0, help="motion speed factor: 2 covers twice the footage (default 1)")
     p.add_argument("--fit", choices=FIT_MODES, default="crop", help="centre-crop or pad to the size (default crop)")
     p.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING, help=f"temporal sigma in frames, 0 = off (default {DEFAULT_SMOOTHING})")
-    p.add_argument("--normalize", choices=NORMALIZE_MODES, default="global", help="one scale for the clip (default) or per frame")
+    p.add_argument("--normalize", choices=NORMALIZE_MODES, default="global", help="global: one scale for the clip (default); aligned: remove per-frame scale drift first; per-frame: min/max baseline")
     p.add_argument("--out", help="output folder (default outputs/depth/<clip>-<time>)")
     p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
     p.add_argument("--cache-dir", help="depth cache (default: $AAS_CACHE_DIR/depth or <weights>/.cache/depth)")

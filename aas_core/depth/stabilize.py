@@ -6,7 +6,7 @@ from typing import Literal, Optional, get_args
 
 import numpy as np
 
-NormalizeMode = Literal["global", "per-frame"]
+NormalizeMode = Literal["global", "aligned", "per-frame"]
 NORMALIZE_MODES: tuple[str, ...] = get_args(NormalizeMode)
 PERCENTILES: tuple[float, float] = (2.0, 98.0)
 """Robust range: outliers (sky, specular spots) beyond these percentiles clip instead of rescaling the clip."""
@@ -24,6 +24,19 @@ def normalize_global(
     if mask is not None:
         out[:, ~mask] = 0.0  # padding is "far": it should not attract structure
     return out
+
+
+def align_frames(raw: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Remove per-frame scale/shift drift: each frame minus its median, over its interquartile range.
+
+    Relative-depth networks are only defined up to scale and shift per image, so their raw output can
+    drift across frames; median and IQR follow that drift without reacting to a few extreme pixels
+    the way min/max does.
+    """
+    values = raw[:, mask] if mask is not None else raw.reshape(len(raw), -1)
+    q25, q50, q75 = np.percentile(values, [25, 50, 75], axis=1)
+    spread = np.maximum(q75 - q25, 1e-12)
+    return ((raw - q50[:, None, None]) / spread[:, None, None]).astype(np.float32)
 
 
 def normalize_per_frame(raw: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
@@ -50,10 +63,17 @@ def smooth_temporal(frames: np.ndarray, sigma: float) -> np.ndarray:
 def normalize(
     raw: np.ndarray, mode: str = "global", smoothing: float = 0.0, mask: Optional[np.ndarray] = None
 ) -> np.ndarray:
-    """Raw nearness -> depth in [0, 1] (1 = near): normalise (`mode`), then smooth over time."""
+    """Raw nearness -> depth in [0, 1] (1 = near): normalise (`mode`), then smooth over time.
+
+    "global": one percentile scale for the clip; "aligned": per-frame median/IQR drift removal first,
+    then the global scale; "per-frame": each frame's own min/max (the flickering baseline).
+    """
     if mode not in NORMALIZE_MODES:
         raise ValueError(f"normalize mode must be one of {', '.join(NORMALIZE_MODES)}, got {mode!r}")
-    frames = normalize_global(raw, mask) if mode == "global" else normalize_per_frame(raw, mask)
+    if mode == "per-frame":
+        frames = normalize_per_frame(raw, mask)
+    else:
+        frames = normalize_global(align_frames(raw, mask) if mode == "aligned" else raw, mask)
     return np.clip(smooth_temporal(frames, smoothing), 0.0, 1.0)
 
 

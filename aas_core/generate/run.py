@@ -81,27 +81,27 @@ def _concepts_applied(pipe: Any, concepts: Sequence[Any], backend: str) -> Itera
 class _Timer:
     """Hooks on the real modules that time the step loop and the VAE decode without touching the pipeline."""
 
-    def __init__(self, step_modules: Sequence[Any], decoder: Any) -> None:
+    def __init__(self, step_modules: Sequence[Any], vae: Any) -> None:
         self.first_step: Optional[float] = None
         self.step_ends: list[float] = []
-        self.decode_s = 0.0
-        self._decode_start = 0.0
+        self.seconds = {"encode_s": 0.0, "decode_s": 0.0}
+        self._started = 0.0
         # The loop starts with whichever step module runs first (AnimateDiff calls its ControlNet before the UNet).
         self._handles = [module.register_forward_pre_hook(self._denoiser_pre) for module in step_modules]
-        self._handles += [
-            decoder.register_forward_pre_hook(self._decoder_pre),
-            decoder.register_forward_hook(self._decoder_post),
-        ]
+        # VACE VAE-encodes its control video before the loop: model work, timed apart from pipeline overhead.
+        for part, key in ((vae.encoder, "encode_s"), (vae.decoder, "decode_s")):
+            self._handles.append(part.register_forward_pre_hook(self._start))
+            self._handles.append(part.register_forward_hook(lambda m, a, o, key=key: self._stop(key)))
 
     def _denoiser_pre(self, module: Any, args: Any) -> None:
         if self.first_step is None:
             self.first_step = time.perf_counter()
 
-    def _decoder_pre(self, module: Any, args: Any) -> None:
-        self._decode_start = time.perf_counter()
+    def _start(self, module: Any, args: Any) -> None:
+        self._started = time.perf_counter()
 
-    def _decoder_post(self, module: Any, args: Any, output: Any) -> None:
-        self.decode_s += time.perf_counter() - self._decode_start
+    def _stop(self, key: str) -> None:
+        self.seconds[key] += time.perf_counter() - self._started
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -143,7 +143,7 @@ def _call_pipeline(
     steps = int(spec.steps)
     step_state = {"index": 0}
     step_modules = [pipe.controlnet, pipe.unet] if loaded.backend == "animatediff" else [pipe.transformer]
-    timer = _Timer(step_modules, pipe.vae.decoder)
+    timer = _Timer(step_modules, pipe.vae)
 
     def on_step_end(_pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
         timer.step_ends.append(time.perf_counter())
@@ -204,11 +204,11 @@ def _call_pipeline(
     total = time.perf_counter() - start
     frames = np.asarray(output.frames[0], dtype=np.float32)
     frames = np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
-    timings = {"call_s": total, "decode_s": timer.decode_s}
+    timings = {"call_s": total, **timer.seconds}
     if timer.first_step is not None and timer.step_ends:
         loop = timer.step_ends[-1] - timer.first_step
         timings.update(prepare_s=timer.first_step - start, denoise_s=loop, per_step_s=loop / len(timer.step_ends))
-        timings["overhead_s"] = max(0.0, total - loop - timer.decode_s)
+        timings["overhead_s"] = max(0.0, total - loop - sum(timer.seconds.values()))
     extra["scheduler_class"] = type(pipe.scheduler).__name__
     return frames, timings, extra
 

@@ -184,7 +184,7 @@ class ShotResult:
     """Made with tiny random weights: a workflow preview, not a real result."""
     memory_mode: str
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds: load, prepare (before the first step), denoise (the step loop), decode, write, total."""
+    """Seconds: load, prepare (before the first step), denoise (the step loop), VAE encode and decode, overhead, write, total."""
 
     @property
     def num_frames(self) -> int:
