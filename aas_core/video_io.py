@@ -166,23 +166,33 @@ def sample_frames(
     times: Sequence[float],
     size: Optional[tuple[int, int]] = None,
 ) -> list[DecodedFrame]:
-    """The frame shown at each requested time (nearest earlier frame), in one sequential pass."""
+    """The frame shown at each requested time (nearest earlier frame), in one sequential pass.
+
+    Only picked frames are converted to RGB, so sampling a few frames of a long 4K span stays cheap.
+    """
     if not times:
         return []
     order = sorted(range(len(times)), key=lambda i: times[i])
     wanted = [times[i] for i in order]
     picked: list[Optional[DecodedFrame]] = [None] * len(times)
+    converted: dict[int, DecodedFrame] = {}
+
+    def convert(index: int, t: float, frame) -> DecodedFrame:
+        if index not in converted:
+            converted[index] = DecodedFrame(time=t, rgb=frame_to_rgb(frame, size))
+        return converted[index]
+
     cursor = 0
-    previous: Optional[DecodedFrame] = None
-    for frame in iter_frames(path, start=max(0.0, wanted[0] - 1.0), size=size):
-        while cursor < len(wanted) and frame.time > wanted[cursor] + 1e-6:
-            picked[order[cursor]] = previous or frame
+    previous = None
+    for index, (t, frame) in enumerate(iter_av_frames(path, start=max(0.0, wanted[0] - 1.0))):
+        while cursor < len(wanted) and t > wanted[cursor] + 1e-6:
+            picked[order[cursor]] = convert(*(previous or (index, t, frame)))
             cursor += 1
-        previous = frame
         if cursor >= len(wanted):
             break
+        previous = (index, t, frame)
     while cursor < len(wanted) and previous is not None:
-        picked[order[cursor]] = previous
+        picked[order[cursor]] = convert(*previous)
         cursor += 1
     if any(p is None for p in picked):
         raise InputError(f"{Path(path).name}: no frames could be decoded at the requested times")
