@@ -24,9 +24,14 @@ Handler = Callable[[argparse.Namespace], dict]
 def add_command(
     group: "argparse._SubParsersAction", name: str, handler: Handler, help: str
 ) -> argparse.ArgumentParser:
-    """Add a command with the shared --json flag; `handler(args) -> dict` runs it."""
+    """Add a command with the shared --json, --device and --dtype flags; `handler(args) -> dict` runs it."""
+    from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
+
     parser = group.add_parser(name, help=help, description=help)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    # SUPPRESS: when absent after the command, a value given before it (python -m aas_core --device ...) is kept.
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=argparse.SUPPRESS, help="compute device (default: auto = cuda > mps > cpu)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=argparse.SUPPRESS, help="model dtype (default: auto = half on GPU, float32 on CPU)")
     parser.set_defaults(handler=handler)
     return parser
 
@@ -59,11 +64,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the process exit code (2 for user errors, 130 when cancelled)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Engines resolve device and dtype once through pick_runtime(), which reads these.
+    # Engines resolve device and dtype once through pick_runtime(), which reads these; restored after.
+    saved = {key: os.environ.get(key) for key in ("AAS_DEVICE", "AAS_DTYPE")}
     if args.device:
         os.environ["AAS_DEVICE"] = args.device
     if args.dtype:
         os.environ["AAS_DTYPE"] = args.dtype
+    try:
+        return _run(args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = args.handler(args)
     except Cancelled as exc:

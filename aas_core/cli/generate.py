@@ -80,7 +80,7 @@ def _generate(args: argparse.Namespace) -> dict:
             concepts=concepts,
             on_progress=progress,
             weights_root=args.weights,
-            runtime=pick_runtime(args.device, args.dtype),
+            runtime=pick_runtime(),
             out_dir=args.out,
         )
     finally:
@@ -127,5 +127,3 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--reference", action="append", help="reference image of a character (VACE; repeatable)")
     p.add_argument("--out", default=None, help="folder under which the shot's own folder is made (default outputs/shots)")
     p.add_argument("--weights", default=None, help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
-    p.add_argument("--device", default=None, help="auto, cuda, mps or cpu (default: $AAS_DEVICE or auto)")
-    p.add_argument("--dtype", default=None, help="auto, float32, float16 or bfloat16 (default: $AAS_DTYPE or auto)")

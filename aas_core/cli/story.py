@@ -86,13 +86,8 @@ def _report(args: argparse.Namespace) -> dict:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
-
     p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
     p.add_argument("--library", help="clip library folder for `clip: auto` shots (default: the story's `library:` or the default library)")
-    # SUPPRESS: when absent here, the global `python -m aas_core --device ...` value is kept.
-    p.add_argument("--device", choices=DEVICE_CHOICES, default=argparse.SUPPRESS, help="compute device (default: auto)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=argparse.SUPPRESS, help="compute dtype (default: auto)")
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
