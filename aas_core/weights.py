@@ -52,7 +52,7 @@ def status(name: str, root: Optional[str | os.PathLike[str]] = None) -> WeightsS
 
 
 def model_dir(name: str, root: Optional[str | os.PathLike[str]] = None) -> Path:
-    """The local folder of `name`, or a WeightsMissingError naming the command that fetches it."""
+    """The local folder of `name` (symlinks resolved), or a WeightsMissingError naming the command that fetches it."""
     state = status(name, root)
     if not state.present:
         raise WeightsMissingError(
@@ -61,7 +61,8 @@ def model_dir(name: str, root: Optional[str | os.PathLike[str]] = None) -> Path:
             + ("" if root is None else f" --dir {root}")
             + "  (or try the workflow without downloads: python -m aas_core weights tiny --dir DIR)"
         )
-    return Path(state.path)
+    # Resolved, so model caches keyed by this folder share one copy across linked weights folders.
+    return Path(state.path).resolve()
 
 
 def is_tiny(name: str, root: Optional[str | os.PathLike[str]] = None) -> bool:

@@ -84,12 +84,15 @@ def bench_indexing(clips: Path) -> dict:
         settings = ReaderSettings()
         crops = [c for f in scan_folder(clips) if not f.skip_reason for s in iter_shots(f.path, settings) for c in s.crops]
         embedder.embed_images(crops[:8])  # warm-up
-        t0 = time.perf_counter()
-        embedder.embed_images(crops)
-        embed_only = len(crops) / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        summary = index_folder(clips, work / "lib", weights_root=work / "weights", settings=settings)
-        end_to_end = len(crops) / (time.perf_counter() - t0)
+        embed_only, end_to_end = 0.0, 0.0
+        # Best of 3 alternating runs of each: the machine is shared, and noise only ever slows a run down.
+        for attempt in range(3):
+            t0 = time.perf_counter()
+            embedder.embed_images(crops)
+            embed_only = max(embed_only, len(crops) / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            summary = index_folder(clips, work / f"lib{attempt}", weights_root=work / "weights", settings=settings)
+            end_to_end = max(end_to_end, len(crops) / (time.perf_counter() - t0))
         row = {"clips": summary.files_indexed, "shots": summary.shots, "frames": len(crops), "threads": torch.get_num_threads(),
                "embedder_fps": round(embed_only, 1), "end_to_end_fps": round(end_to_end, 1),
                "ratio": round(end_to_end / embed_only, 3)}

@@ -77,15 +77,16 @@ _LOCK = threading.Lock()
 def load_estimator(
     name: str, weights_root: Optional[str | os.PathLike[str]] = None, runtime: Optional["Runtime"] = None
 ) -> DepthEstimator:
-    """The estimator `name`, loaded once per (name, weights root, device, dtype) and kept."""
+    """The estimator `name`, loaded once per (name, model folder, device, dtype) and kept."""
     from aas_core.device import pick_runtime
 
     check_estimator(name)
     runtime = runtime or pick_runtime()
-    key = (name, str(weights_dir(weights_root)), runtime.device, runtime.dtype_name)
+    folder = model_dir(name, weights_root)
+    # Keyed by the resolved model folder: weights folders that link the same model share one copy.
+    key = (name, str(folder), runtime.device, runtime.dtype_name)
     with _LOCK:
         if key not in _LOADED:
-            folder = model_dir(name, weights_root)
             try:
                 predict, batch, network = _BUILDERS[name](folder, runtime)
             except Exception as exc:  # safetensors, torch.load (weights_only) and the loaders raise many types

@@ -94,10 +94,18 @@ def release() -> None:
         pass
 
 
+def pipeline_key(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> tuple:
+    """Cache key of a pipeline: by resolved model folders, so weights folders linking the same models share one."""
+    if backend not in BACKEND_MODELS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_MODELS)}")
+    folders = tuple(str(model_dir(name, weights_root)) for name in BACKEND_MODELS[backend])
+    return (backend, folders, runtime.device, runtime.dtype_name, memory_mode)
+
+
 def get_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
     """The cached pipeline for these settings, loading it (and freeing any other) when they change."""
     global _current
-    key = (backend, str(weights_dir(weights_root)), runtime.device, runtime.dtype_name, memory_mode)
+    key = pipeline_key(backend, weights_root, runtime, memory_mode)
     if _current is not None and _current.key == key:
         return _current
     if _current is not None:
@@ -147,7 +155,7 @@ def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], 
         pipe=pipe,
         backend=backend,
         memory_mode=memory_mode,
-        key=(backend, str(weights_dir(weights_root)), runtime.device, runtime.dtype_name, memory_mode),
+        key=pipeline_key(backend, weights_root, runtime, memory_mode),
         models=models,
         scheduler_config=dict(pipe.scheduler.config),
         load_s=time.perf_counter() - start,

@@ -114,8 +114,8 @@ def _reader_thread(files: list[FoundFile], settings: ReaderSettings, out: "queue
             for shot in iter_shots(found.path, settings, info):
                 if stop.is_set():
                     break
-                jpeg = _encode_jpeg(shot.thumbnails[len(shot.thumbnails) // 2])
-                shot.thumbnails = []
+                jpeg = _encode_jpeg(shot.thumbnail)
+                shot.thumbnail = None
                 out.put(("shot", found, (shot, jpeg)))
             out.put(("done", found, info))
         except (AASError, OSError, ValueError, RuntimeError) as exc:

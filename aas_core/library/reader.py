@@ -37,7 +37,8 @@ class SampledShot:
     end: float
     crops: list[np.ndarray] = field(default_factory=list)
     """Centre crops at the embedder's input size, one per sampled time."""
-    thumbnails: list[np.ndarray] = field(default_factory=list)
+    thumbnail: Optional[np.ndarray] = None
+    """The middle sampled frame, whole, `thumb_width` wide."""
     frames_sampled: int = 0
 
     def __post_init__(self) -> None:
@@ -140,7 +141,8 @@ def iter_shots(
     step = 1.0 / settings.sample_fps
 
     frame_times: list[float] = []
-    samples: list[tuple[float, np.ndarray, np.ndarray]] = []
+    # (time, crop, decoded frame): only the shot's middle frame is ever converted to a thumbnail.
+    samples: list[tuple[float, np.ndarray, "av.VideoFrame"]] = []
     shot_start = 0.0
     next_sample = 0.0
     last_time = 0.0
@@ -153,7 +155,8 @@ def iter_shots(
             part = [s for s in mine if part_start <= s[0] < part_end]
             # Slivers between cuts are useless as motion; a video that is one short shot is still kept.
             if part and (part_end - part_start >= settings.min_shot_seconds or whole_video):
-                yield SampledShot(part_start, part_end, [s[1] for s in part], [s[2] for s in part])
+                thumbnail = frame_to_rgb(part[len(part) // 2][2], thumb_wh)
+                yield SampledShot(part_start, part_end, [s[1] for s in part], thumbnail)
         shot_start = end
 
     for index, (t, frame) in enumerate(iter_av_frames(path)):
@@ -165,7 +168,7 @@ def iter_shots(
             yield from close_shot(frame_times[cut_index])
         if t + 1e-6 >= next_sample:
             crop = _center(frame_to_rgb(frame, crop_wh), settings.crop_size)
-            samples.append((t, crop, frame_to_rgb(frame, thumb_wh)))
+            samples.append((t, crop, frame))
             next_sample = t + step
     if not frame_times:
         raise InputError(f"{Path(path).name} has no decodable video frames")

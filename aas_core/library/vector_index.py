@@ -11,8 +11,8 @@ import numpy as np
 from aas_core.fsutil import atomic_path
 
 IndexType = Literal["flat", "ivf"]
-EXACT_MAX = 50_000
-"""Up to this many shots an exact search stays under ~20 ms on 2 cores; beyond it, IVF."""
+EXACT_MAX = 20_000
+"""Up to this many shots an exact search stays under ~5 ms on 2 cores; beyond it, IVF."""
 TRAIN_SAMPLE = 200_000
 """IVF centroids trained on at most this many vectors (enough at 1M, measured)."""
 
@@ -23,9 +23,9 @@ def choose_index_type(count: int) -> IndexType:
 
 
 def ivf_params(count: int) -> tuple[int, int]:
-    """(nlist, nprobe) for an IVF index over `count` vectors: ~4*sqrt(N) lists, probing ~1/128 of them."""
+    """(nlist, nprobe) for an IVF index over `count` vectors: ~4*sqrt(N) lists, probing ~1/64 of them (at least 64)."""
     nlist = int(2 ** round(math.log2(max(64, 4 * math.sqrt(count)))))
-    nprobe = max(16, nlist // 128)
+    nprobe = max(64, nlist // 64)
     return nlist, nprobe
 
 
