@@ -362,6 +362,8 @@ class TimeInvTrainer:
         if self.settings.gradient_checkpointing:
             self.parts.unet.disable_gradient_checkpointing()
             self.parts.text_encoder.activation_checkpointing_disable()
+            # Enabling checkpointing also hooked the input embeddings (inputs require grad); disabling leaves it.
+            self.parts.text_encoder.disable_input_require_grads()
             self.parts.text_encoder.eval()
 
 
