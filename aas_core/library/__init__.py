@@ -24,6 +24,8 @@ from aas_core.video_io import probe
 CLIP_MODELS: tuple[str, ...] = names_of_kind("clip")
 EMBED_BATCH = 64
 """Frames per embedder call while indexing: large enough to keep a GPU busy, small enough for a CPU."""
+MIN_EAGER_BATCH = 8
+"""Smallest batch embedded early, while the reader is still decoding."""
 
 __all__ = [
     "CLIP_MODELS",
@@ -219,7 +221,10 @@ def index_folder(
                     slot: list = []
                     waiting.append((shot, slot))
                     embedded.setdefault(f.path, []).append((shot, jpeg, slot))
-                    if sum(len(s.crops) for s, _ in waiting) >= EMBED_BATCH:
+                    # Embed a full batch, or whatever is ready when the reader has nothing more yet,
+                    # so the embedder never idles while the reader decodes.
+                    ready = sum(len(s.crops) for s, _ in waiting)
+                    if ready >= EMBED_BATCH or (q.empty() and ready >= MIN_EAGER_BATCH):
                         flush()
                     continue
                 flush()
