@@ -115,14 +115,20 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         container.close()
 
 
-def iter_av_frames(path: str | os.PathLike[str], start: float = 0.0) -> Iterator[tuple[float, "av.VideoFrame"]]:
-    """Decode frames from `start` on as (time in seconds, PyAV frame); stops quietly at a truncated tail."""
+def iter_av_frames(
+    path: str | os.PathLike[str], start: float = 0.0, threaded: bool = True
+) -> Iterator[tuple[float, "av.VideoFrame"]]:
+    """Decode frames from `start` on as (time in seconds, PyAV frame); stops quietly at a truncated tail.
+
+    `threaded=False` decodes on one thread: less total CPU, for callers that run beside other busy threads.
+    """
     import av
 
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threaded:
+            stream.thread_type = "AUTO"
         if start > 0:
             # Seek lands on the keyframe before `start`; earlier frames are skipped below.
             container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)

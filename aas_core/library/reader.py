@@ -159,7 +159,8 @@ def iter_shots(
                 yield SampledShot(part_start, part_end, [s[1] for s in part], thumbnail)
         shot_start = end
 
-    for index, (t, frame) in enumerate(iter_av_frames(path)):
+    # One decoder thread: the reader runs beside the embedder, and frame threading costs extra CPU.
+    for index, (t, frame) in enumerate(iter_av_frames(path, threaded=False)):
         frame_times.append(t)
         last_time = t
         cuts = detector.process_frame(FrameTimecode(index, fps=fps), _detection_image(frame, DETECT_WIDTH))
