@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional, get_args
 import numpy as np
 
 from aas_core.errors import InputError
+from aas_core.limits import MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, check_text
 
 Backend = Literal["animatediff", "vace"]
 SchedulerName = Literal["default", "ddim", "dpm++", "euler", "euler_a", "unipc"]
@@ -91,8 +92,10 @@ class ShotSpec:
         _choice("memory_mode", self.memory_mode, MEMORY_MODES)
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("the prompt is empty: describe what the shot shows, e.g. 'a knight walking through snow'")
+        check_text(self.prompt, "prompt", MAX_PROMPT_CHARS)
         if not isinstance(self.negative_prompt, str):
             raise InputError("negative_prompt must be text")
+        check_text(self.negative_prompt, "negative_prompt", MAX_NEGATIVE_PROMPT_CHARS)
         frames = _int("frames", self.frames)
         if frames < 1:
             raise InputError(f"frames must be at least 1, got {frames}")
