@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ModelKind = Literal["clip", "depth", "diffusion", "metric"]
+ModelKind = Literal["clip", "depth", "diffusion", "metric", "llm"]
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,79 @@ REGISTRY: dict[str, ModelSpec] = {
             tiny_writer="aas_core.tiny.diffusion:write_tiny_wan_vace",
             description="Wan2.1-VACE 1.3B: depth-video control plus character reference images (4k+1 frames).",
         ),
+        # --- story planner (language model) ---
+        ModelSpec(
+            name="qwen2.5-1.5b-instruct",
+            kind="llm",
+            hub_id="Qwen/Qwen2.5-1.5B-Instruct",
+            files=(
+                "config.json",
+                "generation_config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.json",
+                "merges.txt",
+                "LICENSE",
+            ),
+            license="Apache-2.0",
+            size_mb=3090,
+            loader="transformers AutoModelForCausalLM + AutoTokenizer (local dir), JSON-schema constrained decoding",
+            tiny_writer="aas_core.tiny.llm:write_tiny_qwen_instruct",
+            description="Story planner: writes each shot's retrieval query, prompt, caption, duration and transition.",
+        ),
+        # --- instant characters and fast shots (AnimateDiff backend) ---
+        ModelSpec(
+            name="ip-adapter-sd15",
+            kind="diffusion",
+            hub_id="h94/IP-Adapter",
+            # safetensors only: the repo's .bin/.pth duplicates are pickles and are never fetched.
+            files=(
+                "models/ip-adapter_sd15.safetensors",
+                "models/ip-adapter-plus_sd15.safetensors",
+                "models/ip-adapter-plus-face_sd15.safetensors",
+                "models/image_encoder/config.json",
+                "models/image_encoder/model.safetensors",
+            ),
+            license="Apache-2.0",
+            size_mb=2770,
+            loader="diffusers load_ip_adapter (state dict) + transformers CLIPVisionModelWithProjection (ViT-H/14)",
+            tiny_writer="aas_core.tiny.adapters:write_tiny_ip_adapter",
+            description="IP-Adapter for SD1.5: instant characters from photos, no training (plain, plus, plus-face).",
+            options={
+                "variants": {
+                    "plain": "models/ip-adapter_sd15.safetensors",
+                    "plus": "models/ip-adapter-plus_sd15.safetensors",
+                    "plus-face": "models/ip-adapter-plus-face_sd15.safetensors",
+                },
+                "image_encoder": "models/image_encoder",
+            },
+        ),
+        ModelSpec(
+            name="animatediff-lightning",
+            kind="diffusion",
+            hub_id="ByteDance/AnimateDiff-Lightning",
+            files=tuple(f"animatediff_lightning_{n}step_diffusers.safetensors" for n in (1, 2, 4, 8)),
+            license="CreativeML OpenRAIL-M",
+            size_mb=3632,
+            loader="diffusers MotionAdapter (v2 architecture, built from config) + load_state_dict of one step file",
+            tiny_writer="aas_core.tiny.adapters:write_tiny_lightning",
+            description="AnimateDiff-Lightning: motion module distilled for 1/2/4/8 steps, Euler trailing, no CFG.",
+            options={"file": "animatediff_lightning_{steps}step_diffusers.safetensors", "steps": (1, 2, 4, 8)},
+        ),
         # --- metrics ---
     ]
 }
 
 DEFAULT_CLIP = "clip-vit-b-32"
+
+BACKEND_MODELS: dict[str, tuple[str, ...]] = {
+    "animatediff": ("sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15"),
+    "vace": ("wan2.1-vace-1.3b",),
+}
+"""Registry names each generation backend loads."""
+BACKEND_BASE_MODEL: dict[str, str] = {"animatediff": "sd15", "vace": "wan2.1-vace-1.3b"}
+"""The base model of each backend: what concepts are trained on and what its pipeline is keyed by."""
 
 
 def get_spec(name: str) -> ModelSpec:
