@@ -18,6 +18,7 @@ import numpy as np
 
 from aas_core.errors import InputError
 from aas_core.fsutil import atomic_path
+from aas_core.limits import MAX_CAPTION_CHARS, MAX_TITLE_CHARS, check_text
 from aas_core.progress import CancelToken, ProgressFn, report
 
 if TYPE_CHECKING:
@@ -98,15 +99,26 @@ def render_text(
     colour: tuple[int, int, int] = (255, 255, 255),
     stroke: int = -1,
     align: Literal["left", "center"] = "center",
+    max_lines: int = 3,
 ) -> np.ndarray:
-    """Text wrapped to `width` pixels as an (h, width, 4) uint8 RGBA image, outlined in black."""
+    """Text wrapped to `width` pixels as an (h, width, 4) uint8 RGBA image, outlined in black.
+
+    At most `max_lines` lines are drawn (the last ends in an ellipsis when text is cut), so the image
+    stays a caption's size whatever the text's length.
+    """
     from PIL import Image, ImageDraw
 
     face = font(size)
     stroke = max(1, size // 12) if stroke < 0 else stroke
     avg = max(face.getlength("abcdefghijklmnopqrstuvwxyz") / 26, 1.0)
     chars = max(int((width - 2 * stroke - 4) / avg), 1)
-    lines = [ln for para in text.splitlines() for ln in (textwrap.wrap(para, chars) or [""])]
+    max_lines = max(1, max_lines)
+    # Only what can be drawn is wrapped: the wrapping work stays bounded too.
+    kept = text[: (chars + 1) * max_lines + 1]
+    lines = [ln for para in kept.splitlines() for ln in (textwrap.wrap(para, chars) or [""])]
+    if len(lines) > max_lines or len(kept) < len(text):
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(chars - 1, 0)].rstrip() + "\u2026"
     wrapped = "\n".join(lines)
     probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
     box = probe.multiline_textbbox((0, 0), wrapped, font=face, stroke_width=stroke, align=align)
@@ -264,6 +276,9 @@ def stitch(
             raise InputError(f"unknown transition {shot.transition!r}; choose one of {', '.join(TRANSITIONS)}")
         if not Path(shot.path).is_file():
             raise InputError(f"shot video {shot.path} is missing; run the story again to regenerate it")
+    for i, shot in enumerate(shots):
+        check_text(shot.caption, f"caption of shot {i + 1}", MAX_CAPTION_CHARS)
+    check_text(settings.title, "title", MAX_TITLE_CHARS)
     if settings.music and not Path(settings.music).is_file():
         raise InputError(f"music file {settings.music} does not exist; check the path")
     report(on_progress, 0.0, "opening shots")

@@ -229,7 +229,10 @@ def write_video(
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = even_w, even_h
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
+            # One encoder thread: x264's thread count follows the CPUs it sees, and frame threads change the
+            # bitstream, so the same frames (same seed) give a bit-identical file on any machine and under load.
+            stream.codec_context.thread_count = 1
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
             for array in frames:
                 if array.dtype != np.uint8:
                     array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)

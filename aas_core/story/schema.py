@@ -1,7 +1,9 @@
 """The story project file: a versioned YAML/JSON schema, validated with errors naming line and field.
 
 Parsing goes through PyYAML's node tree (JSON is YAML too) so every error can point at its line;
-pydantic dataclasses check types and refuse unknown fields.
+pydantic dataclasses check types and refuse unknown fields. Before anything is built, one streaming pass
+over the parser's events refuses what could exhaust the server (aliases, deep nesting, too many nodes)
+and non-finite numbers, so a hostile file costs at most one bounded scan.
 """
 
 from __future__ import annotations
@@ -10,13 +12,21 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict
 
 from aas_core.concepts.timeinv import NAME_PATTERN
+from aas_core.depth.clip import FIT_MODES, MAX_SPEED
+from aas_core.depth.pipeline import MAX_SMOOTHING
+from aas_core.depth.stabilize import NORMALIZE_MODES
 from aas_core.errors import InputError
+from aas_core.limits import (
+    MAX_CAPTION_CHARS, MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_STORY_BYTES, MAX_STORY_DEPTH,
+    MAX_STORY_NODES, MAX_TITLE_CHARS, check_text,
+)
 from aas_core.stitch import Transition
 
 SCHEMA_VERSION = 1
@@ -25,8 +35,10 @@ MAX_SHOTS = 100
 MAX_ERRORS_SHOWN = 12
 SHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 TOKEN = re.compile(r"<([^<>\s]+)>")
+NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
+"""Plain scalars YAML 1.1 reads as NaN/infinity (`.nan`, `.inf`) or that JSON writers emit (`NaN`, `Infinity`)."""
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 _RECORD = {"config": _STRICT, "kw_only": True}
 
 
@@ -61,14 +73,27 @@ ClipChoice = Annotated[
 _TAGS = frozenset({"clip-path", "clip-ref"})
 
 
+class DepthOptions(TypedDict, total=False):
+    """Extra keyword arguments of `aas_core.depth.depth_from_clip`, with the depth engine's own ranges."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]  # unknown options are refused with their line
+
+    speed: Annotated[float, Field(gt=0, le=MAX_SPEED)]
+    fit: Literal[FIT_MODES]  # type: ignore[valid-type]
+    smoothing: Annotated[float, Field(ge=0, le=MAX_SMOOTHING)]
+    normalize_mode: Literal[NORMALIZE_MODES]  # type: ignore[valid-type]
+    use_cache: bool
+    batch_size: Annotated[int, Field(ge=1, le=1024)]
+
+
 @dataclass(**_RECORD)
 class DepthSettings:
     """How the motion structure is extracted from the clip."""
 
     estimator: Optional[str] = None
     """Registry depth model name; None = the depth engine's default."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments of `aas_core.depth.depth_from_clip` (e.g. smoothing)."""
+    options: DepthOptions = Field(default_factory=lambda: DepthOptions())
+    """Extra keyword arguments of `aas_core.depth.depth_from_clip` (e.g. smoothing), checked by `story check`."""
 
 
 @dataclass(**_RECORD)
@@ -183,6 +208,87 @@ def _lines(node: Any, path: tuple = (), out: Optional[dict] = None, source: str 
     return out
 
 
+def _scan(text: str, source: str) -> None:
+    """Refuse, in one streaming pass before any tree is built, what could exhaust the server or is not a number.
+
+    Aliases can expand a few hundred bytes into gigabytes (a "billion laughs" file) and deep nesting
+    overflows the recursive composer, so both are refused here, where memory and stack stay flat.
+    """
+    import yaml
+
+    if len(text) > MAX_STORY_BYTES:
+        raise InputError(f"{source} is {len(text):,} characters; a story file may hold at most {MAX_STORY_BYTES:,}: split the story")
+    stack: list[list] = []  # per open collection: [is_mapping, current key or index, next scalar is a key]
+    nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent):
+                raise InputError(f"{source} line {line}: aliases (*{event.anchor}) are not allowed in a story file; write the value out")
+            if isinstance(event, yaml.CollectionEndEvent):
+                stack.pop()
+                _advance(stack)
+                continue
+            if not isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                continue
+            nodes += 1
+            if nodes > MAX_STORY_NODES:
+                raise InputError(f"{source} line {line}: more than {MAX_STORY_NODES:,} values; a story is not this big: split it")
+            if event.anchor is not None:
+                raise InputError(f"{source} line {line}: anchors (&{event.anchor}) are not allowed in a story file; put shared settings under `defaults:`")
+            is_key = bool(stack) and stack[-1][0] and stack[-1][2]
+            if isinstance(event, yaml.ScalarEvent):
+                if is_key:
+                    stack[-1][1], stack[-1][2] = event.value, False
+                    continue
+                if event.style is None and NON_FINITE.fullmatch(event.value):
+                    where = _dotted(tuple(frame[1] for frame in stack)) or "top level"
+                    raise InputError(f"{source} line {line}: {where}: {event.value} is not a finite number; use a number (quote it if you meant text)")
+                _advance(stack)
+                continue
+            if is_key:
+                raise InputError(f"{source} line {line}: a key must be a plain name, not a list or mapping")
+            if len(stack) >= MAX_STORY_DEPTH:
+                raise InputError(f"{source} line {line}: nested more than {MAX_STORY_DEPTH} levels deep; a story is at most a few levels deep")
+            mapping = isinstance(event, yaml.MappingStartEvent)
+            stack.append([mapping, None if mapping else 0, True])
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc, source) from exc
+
+
+def _advance(stack: list[list]) -> None:
+    """A value ended: its mapping expects a key next, its sequence the next index."""
+    if stack:
+        if stack[-1][0]:
+            stack[-1][2] = True
+        else:
+            stack[-1][1] += 1
+
+
+def _syntax_error(exc: Exception, source: str) -> InputError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return InputError(f"{source}{where}: not valid YAML ({problem}); fix the syntax there")
+
+
+def _join_surrogates(value: Any, path: tuple, bad: list[tuple]) -> Any:
+    """JSON writers escape emoji as surrogate pairs (`\\ud83d\\ude00`), which YAML keeps as two characters: join them."""
+    if isinstance(value, str):
+        if not any("\ud800" <= ch <= "\udfff" for ch in value):
+            return value
+        try:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            bad.append(path)
+            return value
+    if isinstance(value, dict):
+        return {_join_surrogates(k, path, bad): _join_surrogates(v, path + (k,), bad) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join_surrogates(v, path + (i,), bad) for i, v in enumerate(value)]
+    return value
+
+
 def _dotted(loc: tuple) -> str:
     text = ""
     for part in loc:
@@ -201,17 +307,22 @@ def parse_story(text: str, source: str = "story") -> Story:
     """Validate a story's YAML/JSON text; InputError lists every problem with its line and field."""
     import yaml
 
+    _scan(text, source)
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InputError(f"{source}{where}: not valid YAML ({problem}); fix the syntax there") from exc
+        raise _syntax_error(exc, source) from exc
+    finally:
+        loader.dispose()
     if node is None or not isinstance(data, dict):
         raise InputError(f"{source}: a story must be a mapping with at least `shots:` (draft one: python -m aas_core story new TEXT)")
     lines = _lines(node, source=source)
+    bad: list[tuple] = []
+    data = _join_surrogates(data, (), bad)
+    if bad:
+        raise InputError(f"{source} line {_line_of(lines, bad[0])}: {_dotted(bad[0])}: holds a broken \\u escape (half of a surrogate pair); fix the text")
     version = data.get("version", SCHEMA_VERSION)
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise InputError(f"{source} line {lines.get(('version',), 1)}: story version {version} is newer than this program ({SCHEMA_VERSION}); update Animate-A-Story")
@@ -231,7 +342,7 @@ def parse_story(text: str, source: str = "story") -> Story:
             loc = tuple(p for p in err["loc"] if p not in _TAGS)
             line = _line_of(lines, loc)
             msg = err["msg"]
-            if err["type"] == "unexpected_keyword_argument":
+            if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
                 msg = "unknown field (check the spelling; see the story schema in the README)"
             elif err["type"] in ("missing", "missing_argument", "missing_keyword_only_argument"):
                 msg = "required field is missing"
@@ -244,8 +355,8 @@ def parse_story(text: str, source: str = "story") -> Story:
 
 
 def _check_semantics(story: Story, lines: dict[tuple, int], source: str) -> None:
-    """Rules across fields: unique ids, known `<concept>` tokens, sane clip spans."""
-    problems = []
+    """Rules across fields: text limits, unique ids, known `<concept>` tokens, sane clip spans."""
+    problems = _text_problems(story)
     names = [c.name for c in story.characters]
     for i, ch in enumerate(story.characters):
         if not NAME_PATTERN.match(ch.name):
@@ -271,6 +382,27 @@ def _check_semantics(story: Story, lines: dict[tuple, int], source: str) -> None
         raise InputError("invalid story:\n  " + "\n  ".join(f"{source} line {_line_of(lines, loc)}: {_dotted(loc)}: {msg}" for loc, msg in problems[:MAX_ERRORS_SHOWN]))
 
 
+def _text_problems(story: Story) -> list[tuple[tuple, str]]:
+    """Every text field over its limit (aas_core.limits), so a story cannot smuggle in a megabyte prompt."""
+    texts: list[tuple[tuple, Optional[str], int]] = [(("title",), story.title, MAX_TITLE_CHARS)]
+    texts.append((("defaults", "generate", "negative_prompt"), story.defaults.generate.negative_prompt, MAX_NEGATIVE_PROMPT_CHARS))
+    for i, shot in enumerate(story.shots):
+        texts += [
+            (("shots", i, "prompt"), shot.prompt, MAX_PROMPT_CHARS),
+            (("shots", i, "query"), shot.query, MAX_QUERY_CHARS),
+            (("shots", i, "caption"), shot.caption, MAX_CAPTION_CHARS),
+        ]
+        if shot.generate is not None:
+            texts.append((("shots", i, "generate", "negative_prompt"), shot.generate.negative_prompt, MAX_NEGATIVE_PROMPT_CHARS))
+    problems = []
+    for loc, value, limit in texts:
+        try:
+            check_text(value, _dotted(loc), limit)
+        except InputError as exc:
+            problems.append((loc, str(exc)))
+    return problems
+
+
 def with_ids(story: Story) -> Story:
     """The story with every shot id filled (shot-NN by position), so caches follow shots, not positions."""
     width = max(2, len(str(len(story.shots))))
@@ -287,6 +419,9 @@ def load_story(path: str | os.PathLike[str]) -> Story:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"story file {path} does not exist; draft one with: python -m aas_core story new TEXT --out {path}")
+    size = path.stat().st_size
+    if size > MAX_STORY_BYTES:
+        raise InputError(f"{path.name} is {size:,} bytes; a story file may be at most {MAX_STORY_BYTES:,}: split the story")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

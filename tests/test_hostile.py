@@ -1,0 +1,225 @@
+"""Hostile inputs and faults: nothing a visitor sends can exhaust the server, every failure is a clear message.
+
+Memory-bounded cases run in a fresh interpreter and assert its peak RSS (resource.getrusage), since the
+pytest process's own peak says nothing about one call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from aas_core.errors import InputError
+from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_STORY_BYTES, MAX_STORY_DEPTH, check_text
+from aas_core.story import load_story, parse_story
+
+
+def peak_rss_mb(code: str, timeout: float = 120) -> dict:
+    """Run `code` in a fresh Python; it prints one JSON object; `base_mb`/`peak_mb` are RSS around its `# measure` part."""
+    setup, measured = code.split("# measure\n")
+    script = (
+        "import json, resource\n" + textwrap.dedent(setup)
+        + "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nresult = {}\n"
+        + textwrap.dedent(measured)
+        + "result.update(base_mb=base, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        + "print(json.dumps(result))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- length limits -------------------------------------------------------------------------------------
+
+
+def test_check_text_names_field_length_and_limit():
+    assert check_text("ok", "prompt", 5) == "ok"
+    assert check_text(None, "caption", 5) == ""
+    with pytest.raises(InputError, match=r"prompt is 6 characters long; the limit is 5"):
+        check_text("abcdef", "prompt", 5)
+    with pytest.raises(InputError, match="must be text"):
+        check_text(3, "title", 5)
+
+
+def test_shot_spec_refuses_a_megabyte_prompt_before_any_model():
+    from aas_core.generate import ShotSpec
+
+    with pytest.raises(InputError, match=f"prompt is 1,000,000 characters long; the limit is {MAX_PROMPT_CHARS:,}"):
+        ShotSpec(prompt="a" * 1_000_000)
+    with pytest.raises(InputError, match="negative_prompt is"):
+        ShotSpec(prompt="a cat", negative_prompt="b" * (MAX_PROMPT_CHARS + 1))
+    assert ShotSpec(prompt="a" * MAX_PROMPT_CHARS).prompt
+
+
+def test_story_text_limits_name_line_and_field():
+    text = f"title: {'t' * 400}\nshots:\n  - prompt: ok\n  - prompt: ok\n    caption: {'c' * (MAX_CAPTION_CHARS + 1)}\n"
+    with pytest.raises(InputError) as err:
+        parse_story(text)
+    message = str(err.value)
+    assert "line 1: title: title is 400 characters long" in message
+    assert f"line 5: shots[1].caption: shots[1].caption is {MAX_CAPTION_CHARS + 1} characters long" in message
+
+
+def test_cli_generate_long_prompt_is_a_json_error(tmp_path, capsys):
+    from aas_core.cli import main
+
+    code = main(["generate", "--prompt", "x" * 50_000, "--depth", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 2 and out["ok"] is False and "prompt is 50,000 characters long" in out["error"]
+
+
+# --- story files: bombs, nesting, size, numbers, unicode -----------------------------------------------
+
+ALIAS_BOMB = "\n".join(
+    ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+    + ["shots: [{prompt: boom}]"]
+)
+"""485 bytes that expand to 9**9 (387 million) strings if aliases are followed."""
+
+
+def test_alias_bomb_is_refused_in_bounded_memory():
+    assert len(ALIAS_BOMB) < 600
+    result = peak_rss_mb(
+        f"""
+        from aas_core.story import parse_story
+        from aas_core.errors import InputError
+        # measure
+        try:
+            parse_story({ALIAS_BOMB!r})
+        except InputError as exc:
+            result["error"] = str(exc)
+        """
+    )
+    assert "anchors (&a) are not allowed" in result["error"]
+    assert result["peak_mb"] - result["base_mb"] < 50, result
+
+
+def test_a_lone_alias_is_refused_with_its_line():
+    with pytest.raises(InputError, match=r"line 3: aliases \(\*x\) are not allowed"):
+        parse_story("shots:\n  - prompt: a\n  - *x\n")
+
+
+@pytest.mark.parametrize("opener, closer", [("[", "]"), ("{a: ", "}")])
+def test_deep_nesting_is_a_clear_error_not_recursion(opener, closer):
+    with pytest.raises(InputError, match=f"nested more than {MAX_STORY_DEPTH} levels deep"):
+        parse_story("shots: [{prompt: a}]\nx: " + opener * 5000 + "1" + closer * 5000)
+
+
+def test_huge_story_file_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "w") as fh:
+        fh.write("shots:\n  - prompt: a\n# " + "x" * (MAX_STORY_BYTES + 10) + "\n")
+    with pytest.raises(InputError, match=r"huge.yaml is [\d,]+ bytes; a story file may be at most"):
+        load_story(path)
+
+
+def test_many_values_are_refused_quickly():
+    import time
+
+    began = time.perf_counter()
+    with pytest.raises(InputError, match="more than 20,000 values"):
+        parse_story("shots: [{prompt: a}]\nx: [" + ",".join(["1"] * 400_000) + "]\n")
+    assert time.perf_counter() - began < 10
+
+
+@pytest.mark.parametrize(
+    "value, where",
+    [("NaN", "shots[0].generate.guidance"), ("Infinity", "shots[0].generate.guidance"), ("-Infinity", "shots[0].generate.guidance")],
+)
+def test_json_non_finite_numbers_are_refused_with_line(value, where):
+    text = '{\n  "shots": [\n    {"prompt": "a", "generate": {"guidance": ' + value + "}}\n  ]\n}\n"
+    with pytest.raises(InputError, match=rf"line 3: {re.escape(where)}: {value} is not a finite number"):
+        parse_story(text)
+
+
+def test_depth_options_non_finite_and_out_of_range_are_refused_with_line():
+    with pytest.raises(InputError, match=r"line 5: shots\[0\]\.depth\.options\.smoothing: \.nan is not a finite number"):
+        parse_story("shots:\n  - prompt: a\n    depth:\n      options:\n        smoothing: .nan\n")
+    with pytest.raises(InputError) as err:
+        parse_story("defaults:\n  depth:\n    options: {smoothing: 99, fit: sideways, bogus: 1}\nshots: [{prompt: a}]\n")
+    message = str(err.value)
+    assert "line 3: defaults.depth.options.smoothing: Input should be less than or equal to 8" in message
+    assert "defaults.depth.options.fit: Input should be 'crop' or 'pad'" in message
+    assert "defaults.depth.options.bogus: unknown field" in message
+    story = parse_story("shots:\n  - prompt: a\n    depth: {options: {smoothing: 1, speed: 2, fit: pad}}\n")
+    assert story.shots[0].depth is not None and story.shots[0].depth.options == {"smoothing": 1.0, "speed": 2.0, "fit": "pad"}
+
+
+def test_quoted_non_finite_text_is_refused_where_a_number_is_needed():
+    with pytest.raises(InputError, match=r"output\.music_fade_out: Input should be a finite number"):
+        parse_story('output: {music_fade_out: "Infinity"}\nshots: [{prompt: a}]\n')
+
+
+def test_json_story_with_escaped_astral_characters_loads(tmp_path):
+    path = tmp_path / "emoji.json"
+    path.write_text(json.dumps({"title": "Fox \U0001F98A", "shots": [{"prompt": "a fox \U0001F600", "caption": "\U0001F600!"}]}))
+    assert "\\ud83e" in path.read_text()  # Python's json.dumps escapes astral characters as surrogate pairs
+    story = load_story(path)
+    assert story.title == "Fox \U0001F98A" and story.shots[0].prompt == "a fox \U0001F600"
+    from aas_core.story import dump_story
+
+    assert parse_story(dump_story(story)) == story
+    with pytest.raises(InputError, match=r"line 1: shots\[0\]\.prompt: holds a broken \\u escape"):
+        parse_story('{"shots": [{"prompt": "half \\ud83d"}]}')
+
+
+# --- captions ------------------------------------------------------------------------------------------
+
+
+def test_render_text_of_a_100kb_caption_stays_caption_sized():
+    result = peak_rss_mb(
+        """
+        from aas_core.stitch import render_text
+        render_text("warm up", 460, 36)
+        # measure
+        image = render_text("a long caption " * 7000, 460, 36)
+        result["shape"] = list(image.shape)
+        """
+    )
+    assert result["shape"][1] == 460 and result["shape"][0] < 200
+    assert result["peak_mb"] - result["base_mb"] < 30, result
+
+
+def test_render_text_cuts_with_an_ellipsis():
+    from aas_core.stitch import render_text
+
+    one = render_text("short", 300, 20)
+    cut = render_text("word " * 500, 300, 20, max_lines=2)
+    assert cut.shape[0] < 3 * one.shape[0]
+
+
+def test_stitch_refuses_an_over_long_caption(tmp_path):
+    from aas_core.stitch import StitchShot, stitch
+    from tests.helpers import moving_square_frames, write_clip
+
+    clip = write_clip(tmp_path / "a.mp4", moving_square_frames(frames=4, size=(32, 32)))
+    with pytest.raises(InputError, match=f"caption of shot 1 is {MAX_CAPTION_CHARS + 1} characters long"):
+        stitch([StitchShot(str(clip), caption="c" * (MAX_CAPTION_CHARS + 1))], tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# --- encoding ------------------------------------------------------------------------------------------
+
+
+def test_same_frames_encode_bit_identically_under_load(tmp_path):
+    from aas_core.fsutil import file_digest
+    from aas_core.video_io import write_video
+
+    frames = (np.random.default_rng(0).random((12, 128, 160, 3)) * 255).astype(np.uint8)
+    write_video(tmp_path / "a.mp4", frames, 8)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        write_video(tmp_path / "b.mp4", frames, 8)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    assert file_digest(tmp_path / "a.mp4") == file_digest(tmp_path / "b.mp4")
+    assert b"threads=1 " in (tmp_path / "a.mp4").read_bytes()  # x264 records its settings in the stream
