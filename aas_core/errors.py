@@ -19,5 +19,9 @@ class WeightsCorruptError(AASError, ValueError):
     """A model's files are present but cannot be loaded."""
 
 
+class ModelLoadError(AASError, RuntimeError):
+    """Intact model files that still fail to load (device error, library/config mismatch): not fixed by re-downloading."""
+
+
 class Cancelled(AASError):
     """The user cancelled a long-running job."""

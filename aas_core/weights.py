@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,46 @@ def list_all(root: Optional[str | os.PathLike[str]] = None) -> list[dict]:
             }
         )
     return rows
+
+
+_DAMAGED_SIGNS = (
+    "header", "safetensor", "missing key", "keys are missing", "unexpected key", "size mismatch", "mismatched sizes", "state_dict",
+    "incomplete", "unexpected eof", "end of file", "central directory", "pytorchstreamreader", "truncated",
+    "no such file", "does not appear to have a file", "expecting value", "invalid load key", "could not find",
+)
+_DEVICE_SIGNS = re.compile(r"\b(cuda|cudnn|cublas|nccl|mps|hip|no kernel image|device-side|not compiled with|driver)\b")
+
+
+def load_error_kind(exc: BaseException) -> str:
+    """Why a model failed to load: `damaged` files, a `device` problem, or a `config`/library mismatch."""
+    import json
+
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if _DEVICE_SIGNS.search(text) and not isinstance(exc, (FileNotFoundError, json.JSONDecodeError)):
+        return "device"
+    if isinstance(exc, (EOFError, FileNotFoundError, json.JSONDecodeError)) or any(sign in text for sign in _DAMAGED_SIGNS):
+        return "damaged"
+    return "config"
+
+
+def load_error(names: str | Iterable[str], folder: str | os.PathLike[str], exc: BaseException) -> Exception:
+    """The error to raise when models fail to load from `folder`: only damaged files are told to re-download."""
+    from aas_core.errors import ModelLoadError, WeightsCorruptError
+
+    name = names if isinstance(names, str) else " ".join(names)
+    kind = load_error_kind(exc)
+    detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    if kind == "damaged":
+        return WeightsCorruptError(
+            f"the {name} files in {folder} are damaged or incomplete ({detail}); "
+            f"fetch them again with: python -m aas_core weights download {name} --force"
+        )
+    if kind == "device":
+        return ModelLoadError(
+            f"{name} loaded from disk but could not be placed on the device ({detail}); the files are fine: "
+            "check the GPU driver and that torch was built for it, or run on the CPU with --device cpu"
+        )
+    return ModelLoadError(
+        f"{name} in {folder} does not match what the installed libraries expect ({detail}); the files are not "
+        "the problem: install the versions pinned in requirements.txt (pip install -r requirements.txt)"
+    )

@@ -146,3 +146,44 @@ def test_a_loader_may_ask_for_its_parts():
 
     assert models.get(key("pipe"), pipeline, size_bytes=1) == ("pipe", "te")
     assert [k.name for k in models.loaded()] == ["text-encoder", "pipe"]
+
+
+def test_depth_then_training_then_generation_keep_one_copy_of_sd15(tiny_root, tmp_path):
+    """The app's path: depth for a shot, train a character, generate: SD1.5 is resident once, not twice."""
+    from aas_core.concepts import train_concept
+    from aas_core.concepts.train import TrainSettings
+    from aas_core.depth import depth_from_clip
+    from aas_core.device import Runtime
+    from aas_core.generate import ShotSpec, generate
+    from PIL import Image
+
+    from tests.helpers import ensure_tiny, moving_square_frames, write_clip
+
+    cpu = Runtime(device="cpu", dtype_name="float32")
+    names = ("depth-anything-v2-small", "sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15")
+    ensure_tiny(tiny_root, *names)
+    root = tmp_path / "weights"
+    root.mkdir()
+    for name in names:
+        (root / name).symlink_to(tiny_root / name, target_is_directory=True)
+    clip = write_clip(tmp_path / "clip.mp4", moving_square_frames(frames=8, size=(64, 64)))
+    photos = []
+    for i in range(3):
+        photos.append(tmp_path / f"p{i}.png")
+        Image.fromarray(moving_square_frames(frames=3, size=(64, 64))[i]).save(photos[-1])
+
+    depth = depth_from_clip(clip, frames=4, size=(64, 64), weights_root=root, runtime=cpu, use_cache=False)
+    settings = TrainSettings(steps=1, buckets=2, vectors=1, batch_size=1, views_per_photo=1, validate_every=0, checkpoint_every=0)
+    train_concept("alice", "square", photos, settings, root=root, runtime=cpu)
+    assert [k.variant for k in models.loaded() if k.name == "sd15"] == ["timeinv"]
+    spec = ShotSpec(prompt="a red square", frames=4, width=64, height=64, steps=1, seed=0)
+    generate(spec, depth, weights_root=root, runtime=cpu, out_dir=tmp_path / "shots")
+
+    sd15 = [k for k in models.loaded() if k.name == "sd15"]
+    assert len(sd15) == 1 and sd15[0].variant.startswith("pipeline:animatediff:")
+    assert {k.name for k in models.loaded()} == {"depth-anything-v2-small", "sd15"}
+    # Training again takes SD1.5 back from the pipeline instead of loading a second copy beside it.
+    from aas_core.concepts.train import load_parts
+
+    load_parts("sd15", root, cpu)
+    assert [k.variant for k in models.loaded() if k.name == "sd15"] == ["timeinv"]

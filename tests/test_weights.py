@@ -62,3 +62,34 @@ def test_cli_error_is_json_and_exit_2(tmp_path, capsys):
     assert main(["weights", "download", "no-such-model", "--dir", str(tmp_path), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and "unknown model" in out["error"]
+
+
+def test_load_errors_say_re_download_only_for_damaged_files(tmp_path):
+    import json
+
+    from aas_core.errors import ModelLoadError, WeightsCorruptError
+    from aas_core.weights import load_error, load_error_kind
+
+    damaged = [
+        RuntimeError("Error while deserializing header: HeaderTooLarge"),
+        RuntimeError("Error(s) in loading state_dict for UNet: size mismatch for conv_in.weight"),
+        ValueError("Cannot load because the following keys are missing: down.0.weight"),
+        json.JSONDecodeError("Expecting value", "", 0),
+        EOFError("Ran out of input"),
+    ]
+    device = [
+        RuntimeError("CUDA error: no kernel image is available for execution on the device"),
+        RuntimeError("Torch not compiled with CUDA enabled"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_NOT_INITIALIZED"),
+    ]
+    config = [TypeError("__init__() got an unexpected keyword argument 'use_foo'"), KeyError("model_type")]
+    assert [load_error_kind(e) for e in damaged] == ["damaged"] * len(damaged)
+    assert [load_error_kind(e) for e in device] == ["device"] * len(device)
+    assert [load_error_kind(e) for e in config] == ["config"] * len(config)
+    err = load_error("sd15", tmp_path, damaged[0])
+    assert isinstance(err, WeightsCorruptError) and "weights download sd15 --force" in str(err)
+    for exc in device + config:
+        err = load_error(["sd15", "controlnet-depth-sd15"], tmp_path, exc)
+        assert isinstance(err, ModelLoadError) and "download" not in str(err)
+    assert "--device cpu" in str(load_error("sd15", tmp_path, device[0]))
+    assert "requirements.txt" in str(load_error("sd15", tmp_path, config[0]))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, check_ip_scale, check_variant, encode_photos
 from aas_core.concepts.photos import Photo, augmented_views, captions, load_photos, square_crop
 from aas_core.concepts.store import Concept, Root, check_free, check_name, training_dir, write_concept
 from aas_core.concepts.timeinv import SwapEntry, TokenSwap, expand_prompt, init_table, token_for
@@ -25,12 +26,14 @@ from aas_core.device import Runtime, pick_runtime
 from aas_core.errors import Cancelled, InputError
 from aas_core.fsutil import atomic_write_json, json_digest
 from aas_core.progress import CancelToken, ProgressFn, report
+from aas_core.registry import BACKEND_BASE_MODEL
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-DEFAULT_BASE = "sd15"
+DEFAULT_BASE = BACKEND_BASE_MODEL["animatediff"]
+"""TimeInv trains the AnimateDiff backend's image model."""
 LORA_ADAPTER = "aas_concept"
 LORA_TARGETS = ("attn2.to_k", "attn2.to_v")
 """Cross-attention key/value projections: where the paper's light model tuning goes."""
@@ -117,39 +120,49 @@ class SDParts:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
 
-_PARTS: dict[tuple, SDParts] = {}
+PARTS_VARIANT = "timeinv"
+"""Variant of the training parts' key in `aas_core.models`: the same weights as the generation pipeline, another form."""
 
 
 def load_parts(base_model: str = DEFAULT_BASE, root: Root = None, runtime: Optional[Runtime] = None) -> SDParts:
-    """Load (once per name, root, device, dtype) the tokenizer, text encoder, VAE and UNet of a base model."""
+    """The tokenizer, text encoder, VAE and UNet of a base model, loaded once per (name, folder, device, dtype).
+
+    Kept in `aas_core.models` under the base model's name, so loading them frees a generation pipeline
+    built on the same weights (and the pipeline frees them): SD1.5 is never resident twice.
+    """
+    from aas_core import models
+    from aas_core.weights import model_dir
+
+    runtime = runtime or pick_runtime()
+    folder = model_dir(base_model, root)
+    key = models.ModelKey(base_model, str(folder), runtime.device, runtime.dtype_name, PARTS_VARIANT)
+    return models.get(key, lambda: _load_parts(base_model, folder, root, runtime))
+
+
+def _load_parts(base_model: str, folder: Path, root: Root, runtime: Runtime) -> SDParts:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from aas_core.registry import get_spec
-    from aas_core.weights import is_tiny, model_dir
+    from aas_core.weights import is_tiny
 
-    runtime = runtime or pick_runtime()
-    folder = model_dir(base_model, root)
-    key = (base_model, str(folder), runtime.device, runtime.dtype_name)
-    if key not in _PARTS:
-        device = runtime.torch_device
-        # The text encoder stays float32: gradients flow through it into the (float32) table.
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).eval()
-        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=runtime.dtype).to(device).eval()
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=runtime.dtype).to(device).eval()
-        for module in (text_encoder, vae, unet):
-            module.requires_grad_(False)
-        _PARTS[key] = SDParts(
-            base_model=base_model,
-            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            text_encoder=text_encoder,
-            vae=vae,
-            unet=unet,
-            scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
-            tiny=is_tiny(base_model, root),
-            hub_id=get_spec(base_model).hub_id,
-        )
-    return _PARTS[key]
+    device = runtime.torch_device
+    # The text encoder stays float32: gradients flow through it into the (float32) table.
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=runtime.dtype).to(device).eval()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=runtime.dtype).to(device).eval()
+    for module in (text_encoder, vae, unet):
+        module.requires_grad_(False)
+    return SDParts(
+        base_model=base_model,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
+        tiny=is_tiny(base_model, root),
+        hub_id=get_spec(base_model).hub_id,
+    )
 
 
 class TimeInvTrainer:
@@ -386,11 +399,15 @@ def train_concept(
     runtime: Optional[Runtime] = None,
     on_progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
+    method: str = "timeinv",
+    ip_scale: float = DEFAULT_IP_SCALE,
+    ip_variant: str = DEFAULT_IP_VARIANT,
 ) -> TrainResult:
     """Learn concept `name` from photos and save it under `weights/concepts/<name>/`.
 
     An interrupted run (cancel, crash) resumes from its last checkpoint when called again with the same
     photos and settings. Only the concept's own tensors are trained: the base model stays bit-identical.
+    `method="both"` also stores the photos' IP-Adapter embeddings, so shots condition on the photos too.
     """
     from safetensors.torch import load_file, save_file
 
@@ -400,6 +417,9 @@ def train_concept(
     class_word = class_word.strip()
     if not class_word:
         raise InputError("give a class word (e.g. woman, cat, robot): the vectors start from its meaning")
+    if method not in ("timeinv", "both"):
+        raise InputError(f"train_concept trains methods timeinv and both, not {method!r} (ip-adapter: make_ip_concept)")
+    ip_scale, ip_variant = check_ip_scale(ip_scale, "ip-scale"), check_variant(ip_variant)
     check_free(name, root, overwrite)
     photo_list = [p if isinstance(p, Photo) else Photo(str(p)) for p in photos]
     if not photo_list:
@@ -411,6 +431,9 @@ def train_concept(
     for note in notes:
         warnings.warn(note, stacklevel=2)
     report(on_progress, 0.0, "encoding photos")
+    crops = [square_crop(img, resolution) for img in images]
+    # Before training: a missing IP-Adapter download should stop the run now, not after 1500 steps.
+    ip_embeds = encode_photos(crops, root, runtime) if method == "both" else None
     work = training_dir(name, root)
     fingerprint = _fingerprint(name, class_word, photo_list, settings, base_model)
     trainer = TimeInvTrainer(parts, name, class_word, images, settings, runtime)
@@ -448,13 +471,14 @@ def train_concept(
         validation = sorted((work / "validation").glob("step_*.png")) if (work / "validation").is_dir() else []
         concept = trainer.concept()
         concept.base_hub_id, concept.tiny, concept.source = parts.hub_id, parts.tiny, "trained"
+        concept.method, concept.ip_scale, concept.ip_variant = method, ip_scale, ip_variant  # type: ignore[assignment]
         concept.settings = {
             **asdict(settings), "resolution": resolution, "device": runtime.device, "dtype": runtime.dtype_name,
             "photos": [{"file": Path(p.path).name, "box": p.box} for p in photo_list], "final_loss": losses[-1] if losses else None,
         }
-        crops = [square_crop(img, resolution) for img in images]
         concept = write_concept(
-            concept, trainer.table, root, overwrite=overwrite, photos=crops, lora_tensors=trainer.lora_tensors(), validation=validation,
+            concept, trainer.table, root, overwrite=overwrite, photos=crops, lora_tensors=trainer.lora_tensors(),
+            validation=validation, ip_embeds=ip_embeds,
         )
         shutil.rmtree(work, ignore_errors=True)
         report(on_progress, 1.0, f"saved {concept.folder}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, get_args
 
 import numpy as np
 
-from aas_core.errors import InputError, WeightsCorruptError
+from aas_core import models
+from aas_core.errors import InputError
 from aas_core.registry import get_spec
-from aas_core.weights import is_tiny, model_dir, weights_dir
+from aas_core.weights import is_tiny, load_error, model_dir, weights_dir
 
 if TYPE_CHECKING:
     from aas_core.device import Runtime
@@ -70,45 +70,31 @@ def weights_fingerprint(name: str, weights_root: Optional[str | os.PathLike[str]
     }
 
 
-_LOADED: dict[tuple[str, str, str, str], DepthEstimator] = {}
-_LOCK = threading.Lock()
-
-
 def load_estimator(
     name: str, weights_root: Optional[str | os.PathLike[str]] = None, runtime: Optional["Runtime"] = None
 ) -> DepthEstimator:
-    """The estimator `name`, loaded once per (name, model folder, device, dtype) and kept."""
+    """The estimator `name`, loaded once per (name, model folder, device, dtype) and kept in `aas_core.models`."""
     from aas_core.device import pick_runtime
 
     check_estimator(name)
     runtime = runtime or pick_runtime()
     folder = model_dir(name, weights_root)
     # Keyed by the resolved model folder: weights folders that link the same model share one copy.
-    key = (name, str(folder), runtime.device, runtime.dtype_name)
-    with _LOCK:
-        if key not in _LOADED:
-            try:
-                predict, batch, network = _BUILDERS[name](folder, runtime)
-            except Exception as exc:  # safetensors, torch.load (weights_only) and the loaders raise many types
-                raise WeightsCorruptError(
-                    f"could not load {name} from {folder} ({exc}); fetch it again with: "
-                    f"python -m aas_core weights download {name} --force"
-                ) from exc
-            _LOADED[key] = DepthEstimator(name, folder, is_tiny(name, weights_root), runtime, predict, batch, network)
-        return _LOADED[key]
+    key = models.ModelKey(name, str(folder), runtime.device, runtime.dtype_name)
+
+    def load() -> DepthEstimator:
+        try:
+            predict, batch, network = _BUILDERS[name](folder, runtime)
+        except Exception as exc:  # noqa: BLE001 - safetensors, torch.load (weights_only) and the loaders raise many types
+            raise load_error(name, folder, exc) from exc
+        return DepthEstimator(name, folder, is_tiny(name, weights_root), runtime, predict, batch, network)
+
+    return models.get(key, load)
 
 
 def release_estimators() -> int:
-    """Forget every loaded estimator (frees its memory, e.g. before generation needs the GPU); returns how many."""
-    with _LOCK:
-        count = len(_LOADED)
-        _LOADED.clear()
-    if count:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return count
+    """Free every loaded depth estimator (e.g. before generation needs the GPU); returns how many."""
+    return sum(models.release(name) for name in ESTIMATORS)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ MAX_SMOOTHING = 8.0
 CACHE_VERSION = 1
 """Bump when the pipeline's output changes for the same inputs, so old cache entries stop matching."""
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+DIGEST_CACHE_SIZE = 1024
+"""Source digests remembered per process (a long-running app sees many uploads; each entry is ~200 bytes)."""
 
 
 def default_cache_dir(weights_root: Optional[str | os.PathLike[str]] = None) -> Path:
@@ -41,10 +43,13 @@ def source_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's content, remembered per (path, size, mtime) for this process."""
     path = Path(path).absolute()
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_digest(path)
-    return _DIGESTS[key]
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=DIGEST_CACHE_SIZE)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """Content digest; size and mtime are part of the cache key so an edited file is hashed again."""
+    return file_digest(path)
 
 
 def depth_from_clip(

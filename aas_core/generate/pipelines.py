@@ -1,24 +1,20 @@
-"""Load the two backends' diffusers pipelines from the weights folder, keep one cached, place it in memory."""
+"""Load the two backends' diffusers pipelines from the weights folder, keep one (in `aas_core.models`), place it in memory."""
 
 from __future__ import annotations
 
-import gc
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from aas_core import models
 from aas_core.device import Runtime
-from aas_core.errors import InputError, WeightsCorruptError, WeightsMissingError
-from aas_core.registry import get_spec
-from aas_core.weights import is_tiny, model_dir, weights_dir
+from aas_core.errors import InputError, WeightsMissingError
+from aas_core.models import ModelKey
+from aas_core.registry import BACKEND_BASE_MODEL, BACKEND_MODELS, get_spec
+from aas_core.weights import is_tiny, load_error, model_dir, weights_dir
 
-BACKEND_MODELS: dict[str, tuple[str, ...]] = {
-    "animatediff": ("sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15"),
-    "vace": ("wan2.1-vace-1.3b",),
-}
-"""Registry names each backend loads."""
+__all__ = ["BACKEND_BASE_MODEL", "BACKEND_MODELS", "LoadedPipeline", "current", "get_pipeline", "load_pipeline", "release"]
 
 LEAN_ORDER: tuple[str, ...] = ("full", "vae_tiling", "model_offload", "sequential_offload")
 OFFLOAD_MODES = frozenset({"model_offload", "sequential_offload"})
@@ -37,7 +33,7 @@ class LoadedPipeline:
     pipe: Any
     backend: str
     memory_mode: str
-    key: tuple
+    key: ModelKey
     models: dict[str, dict[str, Any]]
     """Registry name -> hub id, revision, tiny flag, local path (for params.json)."""
     scheduler_config: dict[str, Any]
@@ -45,8 +41,8 @@ class LoadedPipeline:
     tiny: bool = False
 
 
-_lock = threading.Lock()
-_current: Optional[LoadedPipeline] = None
+PIPELINE_VARIANT = "pipeline"
+"""Variant prefix of pipeline keys in `aas_core.models` (one pipeline is kept at a time)."""
 
 
 def resolve_memory_mode(requested: str, backend: str, runtime: Runtime) -> str:
@@ -76,44 +72,60 @@ def leaner_mode(mode: str, device: str) -> Optional[str]:
 
 def current() -> Optional[LoadedPipeline]:
     """The pipeline held in memory now, if any."""
-    return _current
+    for key in models.loaded():
+        if _is_pipeline(key):
+            return models.peek(key)
+    return None
 
 
-def release() -> None:
-    """Drop the cached pipeline and give its memory back (also used after an OOM)."""
-    global _current
-    with _lock:
-        _current = None
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # torch missing means nothing was ever loaded
-        pass
+def release() -> int:
+    """Drop the cached pipeline and give its memory back; returns how many were released."""
+    return sum(models.release(key) for key in models.loaded() if _is_pipeline(key))
 
 
-def pipeline_key(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> tuple:
-    """Cache key of a pipeline: by resolved model folders, so weights folders linking the same models share one."""
+def _is_pipeline(key: ModelKey) -> bool:
+    return key.variant.startswith(PIPELINE_VARIANT + ":")
+
+
+def pipeline_key(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> ModelKey:
+    """Cache key of a pipeline: named by its base model, by resolved model folders (linked weights folders share one)."""
     if backend not in BACKEND_MODELS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_MODELS)}")
-    folders = tuple(str(model_dir(name, weights_root)) for name in BACKEND_MODELS[backend])
-    return (backend, folders, runtime.device, runtime.dtype_name, memory_mode)
+    base = BACKEND_BASE_MODEL[backend]
+    others = [str(model_dir(name, weights_root)) for name in BACKEND_MODELS[backend] if name != base]
+    # Named and placed like the base model's own weights, so training's copy of SD1.5 and this one never coexist.
+    variant = ":".join([PIPELINE_VARIANT, backend, memory_mode, *others])
+    return ModelKey(base, str(model_dir(base, weights_root)), runtime.device, runtime.dtype_name, variant)
 
 
 def get_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
-    """The cached pipeline for these settings, loading it (and freeing any other) when they change."""
-    global _current
+    """The cached pipeline for these settings, loading it (and freeing any other pipeline first) when they change."""
     key = pipeline_key(backend, weights_root, runtime, memory_mode)
-    if _current is not None and _current.key == key:
-        return _current
-    if _current is not None:
-        release()
-    loaded = load_pipeline(backend, weights_root, runtime, memory_mode)
-    with _lock:
-        _current = loaded
-    return loaded
+    if models.peek(key) is None:
+        # One pipeline at a time: switching backend or memory mode frees the old one before the new one loads.
+        for other in models.loaded():
+            if _is_pipeline(other) and other != key:
+                models.release(other)
+    return models.get(
+        key,
+        lambda: load_pipeline(backend, weights_root, runtime, memory_mode),
+        size_bytes=_expected_bytes(backend, weights_root, runtime, memory_mode),
+        unload=_unload,
+    )
+
+
+def _expected_bytes(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> int:
+    """Device memory the pipeline's weights will take: none on the device when offloading, else the files' size."""
+    if memory_mode in OFFLOAD_MODES:
+        return 0
+    return sum(models.folder_bytes(model_dir(name, weights_root)) for name in BACKEND_MODELS[backend])
+
+
+def _unload(loaded: LoadedPipeline) -> None:
+    """Remove accelerate's offload hooks, which otherwise keep references to every module."""
+    remove = getattr(loaded.pipe, "remove_all_hooks", None)
+    if callable(remove) and loaded.memory_mode in OFFLOAD_MODES:
+        remove()
 
 
 def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
@@ -126,16 +138,12 @@ def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], 
         pipe = _build_animatediff(folders, runtime) if backend == "animatediff" else _build_vace(folders, runtime)
     except (WeightsMissingError, InputError):
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as exc:
         import torch
 
         if isinstance(exc, torch.OutOfMemoryError):
             raise
-        names = " ".join(folders)
-        raise WeightsCorruptError(
-            f"the {backend} weights in {weights_dir(weights_root)} could not be loaded ({type(exc).__name__}: {exc}); "
-            f"fetch them again with: python -m aas_core weights download --force {names}"
-        ) from exc
+        raise load_error(folders, weights_dir(weights_root), exc) from exc
     for component in pipe.components.values():
         # Modules built from configs (and the motion UNet AnimateDiff assembles) start in train mode: dropout on.
         if hasattr(component, "eval"):

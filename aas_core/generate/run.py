@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from aas_core import __version__
+from aas_core import __version__, models
 from aas_core.depth.video import DepthVideo
 from aas_core.device import Runtime, pick_runtime
 from aas_core.errors import InputError
@@ -277,7 +277,8 @@ def generate(
             failure = str(exc).splitlines()[0] if str(exc) else "out of memory"
         # Out of the except block the traceback (and the tensors its frames hold) is gone, so memory really frees.
         loaded = None
-        pipelines.release()
+        # Free every model (depth estimator, CLIP, training parts too), not only the pipeline, before going leaner.
+        models.release_all()
         leaner = pipelines.leaner_mode(mode, runtime.device)
         if oom_retries >= 1 or leaner is None:
             raise OutOfMemory(
