@@ -223,3 +223,121 @@ def test_same_frames_encode_bit_identically_under_load(tmp_path):
             proc.wait()
     assert file_digest(tmp_path / "a.mp4") == file_digest(tmp_path / "b.mp4")
     assert b"threads=1 " in (tmp_path / "a.mp4").read_bytes()  # x264 records its settings in the stream
+
+
+# --- concept imports: huge or damaged TI, NaN or mismatched LoRA ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd_root(tiny_root, tmp_path_factory):
+    from tests.test_concepts import concept_root
+
+    return concept_root(tiny_root, tmp_path_factory.mktemp("hostile_weights"), "sd15")
+
+
+def _tiny_lora(root, *, kohya: bool = False) -> dict:
+    """A rank-2 LoRA on the tiny SD1.5's cross-attention keys and first text-encoder query, sized from its files."""
+    import torch
+    from safetensors import safe_open
+
+    gen = torch.Generator().manual_seed(3)
+    tensors = {}
+    with safe_open(str(root / "sd15" / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as fh:
+        names = [k[: -len(".weight")] for k in fh.keys() if k.endswith("attn2.to_k.weight")]
+        shapes = {n: fh.get_slice(f"{n}.weight").get_shape() for n in names}
+    for name, (out, width) in shapes.items():
+        if kohya:
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(2, width, generator=gen)
+            tensors[f"{key}.lora_up.weight"] = torch.randn(out, 2, generator=gen)
+            tensors[f"{key}.alpha"] = torch.tensor(2.0)
+        else:
+            tensors[f"unet.{name}.lora_A.weight"] = torch.randn(2, width, generator=gen)
+            tensors[f"unet.{name}.lora_B.weight"] = torch.randn(out, 2, generator=gen)
+    if not kohya:
+        te = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+        tensors[f"{te}.lora_A.weight"] = torch.randn(2, 32, generator=gen)
+        tensors[f"{te}.lora_B.weight"] = torch.randn(32, 2, generator=gen)
+    return tensors
+
+
+def test_lora_import_checks_finite_values_ranks_and_layer_sizes(sd_root, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from aas_core.concepts import import_lora, list_concepts
+
+    good = _tiny_lora(sd_root)
+    save_file(good, str(tmp_path / "good.safetensors"))
+    assert import_lora(tmp_path / "good.safetensors", "good-lora", trigger="hat", root=sd_root).lora
+    save_file(_tiny_lora(sd_root, kohya=True), str(tmp_path / "kohya.safetensors"))
+    assert import_lora(tmp_path / "kohya.safetensors", "kohya-lora", trigger="hat", root=sd_root).lora
+
+    a_key = next(k for k in good if k.startswith("unet.") and "lora_A" in k)
+    b_key = a_key.replace("lora_A", "lora_B")
+    te_b = next(k for k in good if k.startswith("text_encoder.") and "lora_B" in k)
+    bad = {
+        "nan": ({**good, a_key: good[a_key] * float("nan")}, "holds NaN or infinite values"),
+        "inf": ({**good, te_b: good[te_b] + float("inf")}, "holds NaN or infinite values"),
+        "rank": ({**good, b_key: torch.randn(good[b_key].shape[0], 3)}, "rank 2 in lora_A but 3 in lora_B"),
+        "out": ({**good, b_key: torch.randn(good[b_key].shape[0] * 2, 2)}, r"is 16x32 in sd15 but the LoRA gives 32x32"),
+        "te": ({**good, te_b: torch.randn(64, 2)}, r"text_encoder\.encoder\.layers\.0\.self_attn\.q_proj is 32x32"),
+        "layer": (
+            {**good, "unet.down_blocks.9.attentions.0.proj_in.lora_A.weight": torch.randn(2, 16),
+             "unet.down_blocks.9.attentions.0.proj_in.lora_B.weight": torch.randn(16, 2)},
+            r"targets layer unet\.down_blocks\.9\.attentions\.0\.proj_in, which sd15 does not have",
+        ),
+    }
+    for name, (tensors, message) in bad.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+        with pytest.raises(InputError, match=message):
+            import_lora(tmp_path / f"{name}.safetensors", f"bad-{name}", trigger="hat", root=sd_root)
+    assert not [c.name for c in list_concepts(sd_root) if c.name.startswith("bad-")]
+
+
+def test_textual_inversion_import_refuses_huge_and_non_finite_embeddings(sd_root, tmp_path):
+    import time
+
+    import torch
+    from safetensors.torch import save_file
+
+    from aas_core.concepts import import_textual_inversion, list_concepts
+    from aas_core.limits import MAX_TI_VECTORS
+
+    save_file({"<big>": torch.randn(20_000, 32)}, str(tmp_path / "big.safetensors"))
+    began = time.perf_counter()
+    with pytest.raises(InputError, match=f"20,000 vectors per token; at most {MAX_TI_VECTORS}"):
+        import_textual_inversion(tmp_path / "big.safetensors", "big", root=sd_root)
+    assert time.perf_counter() - began < 5
+    torch.save({"string_to_param": {"*": torch.full((2, 32), float("nan"))}}, tmp_path / "nan.pt")
+    with pytest.raises(InputError, match="holds NaN or infinite values"):
+        import_textual_inversion(tmp_path / "nan.pt", "nan-ti", root=sd_root)
+    save_file({"<x>": torch.randn(MAX_TI_VECTORS, 32)}, str(tmp_path / "edge.safetensors"))
+    assert import_textual_inversion(tmp_path / "edge.safetensors", "edge", root=sd_root).vectors == MAX_TI_VECTORS
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * (11 * 2**20))
+    with pytest.raises(InputError, match="is 11 MB; a textual-inversion file is a few KB"):
+        import_textual_inversion(tmp_path / "model.safetensors", "model", root=sd_root)
+    assert {"big", "nan-ti", "model"}.isdisjoint(c.name for c in list_concepts(sd_root))
+
+
+def test_names_with_a_trailing_newline_are_refused():
+    from aas_core.concepts import check_name
+
+    with pytest.raises(InputError, match="is not allowed"):
+        check_name("alice\n")
+    assert check_name("alice") == "alice"
+    with pytest.raises(InputError, match=r"shot id 'a\\n' must be"):
+        parse_story('shots: [{id: "a\\n", prompt: x}]')
+    with pytest.raises(InputError, match="character name"):
+        parse_story('characters: [{name: "bob\\n"}]\nshots: [{prompt: x}]')
+
+
+def test_one_prompt_cannot_hold_more_concept_vectors_than_the_cap():
+    from aas_core.concepts import Concept
+    from aas_core.concepts.inject import check_compatible
+    from aas_core.limits import MAX_PROMPT_TI_VECTORS
+
+    many = [Concept(name=f"c{i}", class_word="cat", buckets=1, vectors=16, dim=32, base_model="sd15") for i in range(5)]
+    assert 5 * 16 > MAX_PROMPT_TI_VECTORS
+    with pytest.raises(InputError, match=f"take 80 token vectors; at most {MAX_PROMPT_TI_VECTORS}"):
+        check_compatible(None, many)  # refused before the pipeline is looked at

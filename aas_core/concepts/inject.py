@@ -7,7 +7,10 @@ the pipeline encodes its prompt), and forward pre-hooks on the UNet and ControlN
 with the current timestep's bucket vectors. Rows are recognised by value (to a few ulps), so the hooks
 need no knowledge of how a pipeline batches (CFG halves, repeats per frame, FreeNoise's per-frame
 prompt rows): rows of a prompt without concept tokens (the negative prompt) are left untouched.
-VACE: the concepts' photos are handed out as reference images.
+IP-Adapter concepts (method ip-adapter or both) load one adapter each into the UNet, fed with the
+photos' stored embeddings (`AppliedConcepts.call_kwargs`), and are unloaded on exit; an ip-adapter
+concept has no vectors, so its `<name>` reads as its class word (`AppliedConcepts.prompt`).
+VACE: the concepts' photos are handed out as reference images and every `<name>` reads as its class word.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Literal, Optional, Sequence
 
+from aas_core.concepts import ip_adapter
 from aas_core.concepts.store import Concept
-from aas_core.concepts.timeinv import SwapEntry, TokenSwap, buckets_tensor
+from aas_core.concepts.timeinv import TOKEN_IN_PROMPT, SwapEntry, TokenSwap, buckets_tensor
 from aas_core.errors import InputError
+from aas_core.limits import MAX_PROMPT_TI_VECTORS
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +40,20 @@ class AppliedConcepts:
     concepts: list[Concept]
     buckets_used: list[tuple[int, dict[str, int]]] = field(default_factory=list)
     """(timestep, {concept name: bucket}) for every UNet/ControlNet call that swapped rows (once per call)."""
+    backend: str = "animatediff"
+    ip: Optional[ip_adapter.IPState] = None
+    """The IP-Adapter characters loaded for this shot (None: none)."""
+
+    def prompt(self, text: str) -> str:
+        """`text` with each `<name>` that has no learnt vectors here (ip-adapter concepts; all on VACE) as its class word."""
+        words = {c.name: c.class_word or c.name for c in self.concepts if self.backend == "vace" or not c.has_table}
+        return TOKEN_IN_PROMPT.sub(lambda m: words.get(m.group(1), m.group(0)), text)
+
+    def call_kwargs(self, guidance: bool, height: int, width: int, device=None, dtype=None) -> dict:
+        """Extra pipeline-call arguments: the IP-Adapter embeddings (and masks); empty without IP-Adapter characters."""
+        if self.ip is None:
+            return {}
+        return self.ip.call_kwargs(guidance, height, width, device, dtype)
 
 
 @dataclass
@@ -51,8 +70,8 @@ class _Record:
 class _Injector:
     """The hooks of one `apply_concepts` call on one pipeline."""
 
-    def __init__(self, swap: TokenSwap, applied: AppliedConcepts) -> None:
-        self.swap, self.applied = swap, applied
+    def __init__(self, swap: TokenSwap, applied: AppliedConcepts, names: Sequence[str]) -> None:
+        self.swap, self.applied, self.names = swap, applied, list(names)
         self.records: list[_Record] = []
         self.encoding = False
 
@@ -94,7 +113,7 @@ class _Injector:
                     record.cache[key] = encoder(record.input_ids[None].to(encoder.device), attention_mask=mask)[0][0]
             finally:
                 self.encoding, self.swap.timesteps = False, None
-        names = [self.applied.concepts[e].name for e in record.entries]
+        names = [self.names[e] for e in record.entries]
         return record.cache[key], dict(zip(names, key))
 
     def model_pre_hook(self, module, args, kwargs):
@@ -142,6 +161,12 @@ def check_compatible(pipe, concepts: Sequence[Concept], base_model: Optional[str
     names = [c.name for c in concepts]
     if len(set(names)) != len(names):
         raise InputError(f"concept list {names} names a concept twice")
+    total = sum(c.vectors for c in concepts)
+    if total > MAX_PROMPT_TI_VECTORS:
+        raise InputError(
+            f"the concepts of this prompt ({', '.join(names)}) take {total} token vectors; at most {MAX_PROMPT_TI_VECTORS} "
+            "fit in one prompt: use fewer characters in this shot"
+        )
     width = int(pipe.text_encoder.config.hidden_size)
     for concept in concepts:
         if base_model is not None and concept.base_model != base_model:
@@ -159,14 +184,43 @@ def check_compatible(pipe, concepts: Sequence[Concept], base_model: Optional[str
 
 @contextlib.contextmanager
 def apply_concepts(
-    pipe, concepts: Sequence[Concept], backend: ConceptBackend = "animatediff", base_model: Optional[str] = None
+    pipe,
+    concepts: Sequence[Concept],
+    backend: ConceptBackend = "animatediff",
+    base_model: Optional[str] = None,
+    weights_root=None,
+    ip_scale: Optional[float] = None,
 ) -> Iterator[AppliedConcepts]:
-    """Make `<name>` tokens work in `pipe` for the duration of the block; everything is undone on exit."""
+    """Make `<name>` tokens (and IP-Adapter photos) work in `pipe` for the duration of the block; all undone on exit.
+
+    `ip_scale` overrides every IP-Adapter concept's own scale; `weights_root` holds the IP-Adapter files.
+    """
     if backend not in CONCEPT_BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(CONCEPT_BACKENDS)}")
-    applied = AppliedConcepts(concepts=list(concepts))  # VACE: the caller passes each concept's reference_images()
+    # VACE: the caller passes each concept's reference_images().
+    applied = AppliedConcepts(concepts=list(concepts), backend=backend)
     if backend == "vace" or not concepts:
         yield applied
+        return
+    characters = ip_adapter.ip_characters(concepts, ip_scale)
+    with _timeinv_applied(pipe, [c for c in concepts if c.has_table], applied, base_model):
+        if not characters:
+            yield applied
+            return
+        states = ip_adapter.read_adapters(pipe, characters, weights_root)  # every check before the pipeline changes
+        try:
+            applied.ip = ip_adapter.load_into(pipe, characters, states)
+            yield applied
+        finally:
+            ip_adapter.unload(pipe)  # also after a load that failed half-way
+            applied.ip = None
+
+
+@contextlib.contextmanager
+def _timeinv_applied(pipe, concepts: Sequence[Concept], applied: AppliedConcepts, base_model: Optional[str]) -> Iterator[None]:
+    """TokenSwap, hooks and LoRAs of the concepts that have learnt vectors (nothing when there are none)."""
+    if not concepts:
+        yield
         return
     check_compatible(pipe, concepts, base_model)
     encoder = pipe.text_encoder
@@ -174,7 +228,7 @@ def apply_concepts(
     tokenizer = copy.deepcopy(original_tokenizer)
     entries = [SwapEntry(c.token, c.table().to(encoder.device), c.num_train_timesteps) for c in concepts]
     swap = TokenSwap(tokenizer, encoder, entries)
-    injector = _Injector(swap, applied)
+    injector = _Injector(swap, applied, [c.name for c in concepts])
     handles = []
     adapters = [(c, f"concept_{c.name.replace('-', '_')}") for c in concepts if c.lora_path is not None]
     previous_adapters: list[str] = []
@@ -191,7 +245,7 @@ def apply_concepts(
             for concept, adapter in adapters:
                 pipe.load_lora_weights(str(concept.folder), weight_name=concept.lora_path.name, adapter_name=adapter)
             pipe.set_adapters(previous_adapters + [a for _, a in adapters])
-        yield applied
+        yield
     finally:
         for handle in handles:
             handle.remove()

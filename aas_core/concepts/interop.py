@@ -11,12 +11,15 @@ from aas_core.concepts.store import Concept, Root, check_free, check_name, write
 from aas_core.concepts.timeinv import token_for
 from aas_core.errors import InputError
 from aas_core.fsutil import atomic_path
+from aas_core.limits import MAX_TI_VECTORS
 
 if TYPE_CHECKING:
     import torch
 
 TOKEN_EMBEDDING_SUFFIX = "embeddings.token_embedding.weight"
 """Hub SD1.5 files name it `text_model.embeddings...`; transformers 5 saves it without the prefix."""
+MAX_TI_FILE_BYTES = 10 * 2**20
+"""A textual-inversion file holds a few vectors (16 x 1024 floats is 64 KB); anything this big is something else."""
 
 
 def export_textual_inversion(concept: Concept, out: str | os.PathLike[str]) -> Path:
@@ -41,6 +44,11 @@ def _read_tensors(path: Path) -> dict:
 
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file")
+    if path.stat().st_size > MAX_TI_FILE_BYTES:
+        raise InputError(
+            f"{path.name} is {path.stat().st_size / 2**20:.0f} MB; a textual-inversion file is a few KB "
+            f"(at most {MAX_TI_FILE_BYTES // 2**20} MB): is it a model or a LoRA? (import LoRAs with concept import-lora)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -78,7 +86,77 @@ def embedding_from_file(path: str | os.PathLike[str]) -> "torch.Tensor":
         tensor = tensor[None]
     if tensor.ndim != 2:
         raise InputError(f"{Path(path).name}: embedding of shape {tuple(tensor.shape)}, expected (vectors, width)")
+    if tensor.shape[0] > MAX_TI_VECTORS:
+        raise InputError(
+            f"{Path(path).name} has {tensor.shape[0]:,} vectors per token; at most {MAX_TI_VECTORS} are allowed "
+            "(public embeddings use 1-8, and each vector takes one of the prompt's 75 token places)"
+        )
+    _check_finite({"embedding": tensor}, Path(path).name)
     return tensor
+
+
+def _check_finite(tensors: dict, source: str) -> None:
+    """Refuse NaN/Inf at import: they would silently turn every generated frame black."""
+    import torch
+
+    for key, value in tensors.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{source}: tensor {key} holds NaN or infinite values; the file is damaged (or its training diverged): use another file")
+
+
+def _base_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Weight shapes of a model folder's safetensors files (headers only; nothing is loaded)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():
+                shapes.setdefault(key.removeprefix("text_model."), tuple(fh.get_slice(key).get_shape()))
+    return shapes
+
+
+def _lora_pairs(state: dict) -> dict[str, dict[str, dict]]:
+    """LoRA tensors per part (unet, text_encoder) and module, in PEFT naming (as diffusers converts them when loading)."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    parts: dict[str, dict[str, dict]] = {}
+    for part in ("unet", "text_encoder"):
+        sub = {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
+        if not sub:
+            continue
+        if part == "unet":
+            sub = sub if any("lora_A" in k for k in sub) else convert_unet_state_dict_to_peft(sub)
+        else:
+            sub = convert_state_dict_to_peft(convert_state_dict_to_diffusers(sub))
+        modules: dict[str, dict] = {}
+        for key, value in sub.items():
+            for role in ("lora_A", "lora_B"):
+                if f".{role}." in key:
+                    module = key.split(f".{role}.")[0].removeprefix("text_model.")
+                    modules.setdefault(module, {})[role] = value
+        parts[part] = modules
+    return parts
+
+
+def _check_lora_shapes(state: dict, base_folder: Path, source: str, base_model: str) -> None:
+    """Every LoRA pair must target a layer of the base model with its sizes, and agree on its rank."""
+    for part, modules in _lora_pairs(state).items():
+        shapes = _base_shapes(base_folder / part)
+        for module, pair in modules.items():
+            down, up = pair.get("lora_A"), pair.get("lora_B")
+            if down is None or up is None:
+                raise InputError(f"{source}: layer {part}.{module} has only half of its LoRA pair (lora_A and lora_B); the file is damaged")
+            base = shapes.get(f"{module}.weight")
+            if base is None:
+                raise InputError(f"{source}: targets layer {part}.{module}, which {base_model} does not have; it was made for another model")
+            if down.shape[0] != up.shape[1]:
+                raise InputError(f"{source}: layer {part}.{module} has rank {down.shape[0]} in lora_A but {up.shape[1]} in lora_B; the file is damaged")
+            if down.ndim != len(base) or down.shape[1] != base[1] or up.shape[0] != base[0]:
+                raise InputError(
+                    f"{source}: layer {part}.{module} is {base[0]}x{base[1]} in {base_model} but the LoRA gives "
+                    f"{up.shape[0]}x{down.shape[1]} (rank {down.shape[0]}); it was made for another model (SDXL, SD2 or another size)"
+                )
 
 
 def _base_facts(base_model: str, root: Root) -> tuple[Path, dict, dict]:
@@ -151,6 +229,8 @@ def import_lora(
             f"{path.name} was trained for a model with {cross[0].shape[1]}-wide text features, not {base_model} "
             f"({unet['cross_attention_dim']}): an SDXL or SD2 LoRA cannot be used here"
         )
+    _check_finite(state, path.name)
+    _check_lora_shapes(state, folder, path.name, base_model)
     from transformers import CLIPTokenizer
 
     ids = CLIPTokenizer.from_pretrained(folder / "tokenizer")(words, add_special_tokens=False).input_ids

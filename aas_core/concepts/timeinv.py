@@ -18,7 +18,7 @@ from aas_core.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")  # \Z: `$` would accept a trailing newline
 """Concept names: lowercase (CLIP's tokenizer lowercases prompts), digits, '-' and '_', at most 40 chars."""
 TOKEN_IN_PROMPT = re.compile(r"<([a-z0-9][a-z0-9_-]{0,39})>")
 

@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 MAX_SHOTS = 100
 """More shots than this is refused: at ~2 s a shot that is a 3-minute film, hours of GPU time."""
 MAX_ERRORS_SHOWN = 12
-SHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+SHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}\Z")
 TOKEN = re.compile(r"<([^<>\s]+)>")
 NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
 """Plain scalars YAML 1.1 reads as NaN/infinity (`.nan`, `.inf`) or that JSON writers emit (`NaN`, `Infinity`)."""
