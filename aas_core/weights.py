@@ -148,7 +148,7 @@ def list_all(root: Optional[str | os.PathLike[str]] = None) -> list[dict]:
 
 
 _DAMAGED_SIGNS = (
-    "header", "safetensor", "missing key", "keys are missing", "unexpected key", "size mismatch", "mismatched sizes", "state_dict",
+    "header", "safetensor", "missing key", "keys are missing", "unexpected key(s)", "unexpected keys", "size mismatch", "mismatched sizes", "state_dict",
     "incomplete", "unexpected eof", "end of file", "central directory", "pytorchstreamreader", "truncated",
     "no such file", "does not appear to have a file", "expecting value", "invalid load key", "could not find",
 )
