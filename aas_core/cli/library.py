@@ -7,8 +7,16 @@ import argparse
 from aas_core.cli import add_command
 
 
+def _settings(args: argparse.Namespace):
+    """ReaderSettings from the flags given; unset flags keep the dataclass defaults (one place for them)."""
+    from aas_core.library import ReaderSettings
+
+    given = {"sample_fps": args.sample_fps, "max_shot_seconds": args.max_shot}
+    return ReaderSettings(**{k: v for k, v in given.items() if v is not None})
+
+
 def _index(args: argparse.Namespace) -> dict:
-    from aas_core.library import ReaderSettings, index_folder
+    from aas_core.library import index_folder
     from aas_core.progress import tqdm_progress
 
     progress, close = tqdm_progress("indexing", disable=args.json)
@@ -18,7 +26,7 @@ def _index(args: argparse.Namespace) -> dict:
             library=args.library,
             model=args.model,
             weights_root=args.weights,
-            settings=ReaderSettings(sample_fps=args.sample_fps, max_shot_seconds=args.max_shot),
+            settings=_settings(args),
             reindex=args.reindex,
             on_progress=progress,
         )
@@ -77,8 +85,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = add_command(group, "index", _index, "index (or update) a folder of clips: new and changed files only")
     p.add_argument("folder", help="folder scanned recursively for videos")
     p.add_argument("--model", choices=CLIP_MODELS, help="CLIP embedder (default: the library's, else clip-vit-b-32)")
-    p.add_argument("--sample-fps", type=float, default=2.0, help="frames embedded per second of video")
-    p.add_argument("--max-shot", type=float, default=8.0, help="longest shot in seconds; longer ones are split")
+    p.add_argument("--sample-fps", type=float, help="frames embedded per second of video (default 2)")
+    p.add_argument("--max-shot", type=float, help="longest shot in seconds; longer ones are split (default 8)")
     p.add_argument("--reindex", action="store_true", help="drop all vectors and index everything again")
     common(p)
     p = add_command(group, "search", _search, "find shots by what happens in them (or by an example image)")

@@ -14,6 +14,7 @@ import numpy as np
 
 from aas_core.device import Runtime
 from aas_core.errors import AASError, InputError
+from aas_core.limits import MAX_QUERY_CHARS, check_text
 from aas_core.library.reader import FoundFile, ReaderSettings, SampledShot, iter_shots, scan_folder
 from aas_core.library.store import Generation, LibraryStore, ModelStamp, default_library, file_key
 from aas_core.library.vector_index import IndexType, search_index
@@ -107,22 +108,57 @@ _END = object()
 
 
 def _reader_thread(files: list[FoundFile], settings: ReaderSettings, out: "queue.Queue", stop: threading.Event) -> None:
-    """Decode and split files ahead of the embedder so decoding overlaps with embedding."""
-    for found in files:
-        if stop.is_set():
-            break
+    """Decode and split files ahead of the embedder so decoding overlaps with embedding.
+
+    Any failure inside one file (a decoder assertion, a codec quirk) becomes that file's skip reason;
+    the end marker is always sent, so the main loop never waits on a dead reader.
+    """
+    try:
+        for found in files:
+            if stop.is_set():
+                break
+            try:
+                info = probe(found.path)
+                for shot in iter_shots(found.path, settings, info, stop=stop.is_set):
+                    if stop.is_set():
+                        break
+                    jpeg = _encode_jpeg(shot.thumbnail)
+                    shot.thumbnail = None
+                    _put(out, ("shot", found, (shot, jpeg)), stop)
+                _put(out, ("done", found, info), stop)
+            except Exception as exc:  # third-party decoders raise anything (AssertionError from PySceneDetect)
+                _put(out, ("error", found, _reason(exc)), stop)
+    finally:
+        _put(out, (_END, None, None), stop)
+
+
+def _reason(exc: BaseException) -> str:
+    """A skip reason for a file: our own messages as they are, anything else with its type."""
+    if isinstance(exc, AASError):
+        return str(exc)
+    return f"could not be read ({type(exc).__name__}: {exc})" if str(exc) else f"could not be read ({type(exc).__name__})"
+
+
+def _put(out: "queue.Queue", item: tuple, stop: threading.Event) -> None:
+    """Put on a bounded queue without blocking forever once the consumer has stopped."""
+    while not stop.is_set():
         try:
-            info = probe(found.path)
-            for shot in iter_shots(found.path, settings, info):
-                if stop.is_set():
-                    break
-                jpeg = _encode_jpeg(shot.thumbnail)
-                shot.thumbnail = None
-                out.put(("shot", found, (shot, jpeg)))
-            out.put(("done", found, info))
-        except (AASError, OSError, ValueError, RuntimeError) as exc:
-            out.put(("error", found, str(exc)))
-    out.put((_END, None, None))
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _next_item(q: "queue.Queue", reader: threading.Thread, cancel: Optional[CancelToken]) -> tuple:
+    """The next reader item, honouring cancellation while waiting; a reader that died unannounced ends the run."""
+    while True:
+        if cancel is not None:
+            cancel.check()
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if not reader.is_alive() and q.empty():
+                raise AASError("the reader stage stopped unexpectedly; finished files were kept, run the same command again")
 
 
 def index_folder(
@@ -140,6 +176,7 @@ def index_folder(
     """Index every video under `folder` into `library`: new or changed files only; removed ones dropped."""
     from aas_core.library.embed import ClipEmbedder
 
+    settings.validate()
     store = LibraryStore(library)
     folder = Path(folder).expanduser().absolute()
     found = scan_folder(folder)
@@ -211,11 +248,9 @@ def index_folder(
         report(on_progress, 0.0, f"{len(todo)} to index, {reused} unchanged")
         try:
             while True:
-                kind, f, payload = q.get()
+                kind, f, payload = _next_item(q, reader, cancel)
                 if kind is _END:
                     break
-                if cancel is not None:
-                    cancel.check()
                 if kind == "shot":
                     shot, jpeg = payload
                     slot: list = []
@@ -240,7 +275,9 @@ def index_folder(
                     info = payload
                     meta = [
                         {"start": round(s.start, 4), "end": round(s.end, 4), "fps": info.fps, "width": info.width,
-                         "height": info.height, "frames_sampled": s.frames_sampled}
+                         "height": info.height, "frames_sampled": s.frames_sampled,
+                         "motion": round(s.motion.motion, 5), "camera_motion": round(s.motion.camera, 5),
+                         "subject_motion": round(s.motion.subject, 5)}
                         for s, _, _ in shots
                     ]
                     store.write_shard(f, stamp, meta, np.stack([slot[0] for _, _, slot in shots]), [jpeg for _, jpeg, _ in shots],
@@ -249,12 +286,8 @@ def index_folder(
                 report(on_progress, done / max(len(todo), 1) * 0.95, f"{done}/{len(todo)} {f.path.name}")
         finally:
             stop.set()
-            # Unblock the reader if it waits on a full queue, so the thread ends with us.
-            while reader.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    reader.join(0.05)
+            # The reader sees `stop` at its next frame or put, and ends with us.
+            reader.join()
         report(on_progress, 0.96, "building the vector index")
         roots = (manifest or {}).get("roots", []) if not reindex else []
         new_manifest = store.commit(stamp, roots + [str(folder)], index_type)
@@ -297,7 +330,8 @@ def search(
     """Rank the library's shots against a text query or an example image (cosine similarity)."""
     from aas_core.library.embed import ClipEmbedder
 
-    if (query is None or not query.strip()) and image is None:
+    query = check_text(query, "the search text", MAX_QUERY_CHARS)
+    if not query.strip() and image is None:
         raise InputError("type what happens in the shot (e.g. 'a man walks a dog in a park') or give an example image")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")

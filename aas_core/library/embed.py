@@ -81,9 +81,10 @@ class ClipEmbedder:
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
                 tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-            except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            except Exception as exc:  # safetensors, open_clip and torch raise many types for a damaged file
                 raise WeightsCorruptError(
-                    f"cannot load {name} from {folder} ({exc}); re-fetch it: python -m aas_core weights download {name} --force"
+                    f"could not load {name} from {folder} ({type(exc).__name__}: {exc}); fetch it again with: "
+                    f"python -m aas_core weights download {name} --force"
                 ) from exc
             model = model.to(runtime.torch_device, dtype=runtime.dtype).eval()
             normalize = preprocess.transforms[-1]

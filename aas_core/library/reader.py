@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -14,7 +14,16 @@ from aas_core.errors import InputError
 from aas_core.video_io import VIDEO_EXTENSIONS, VideoInfo, frame_to_rgb, iter_av_frames, probe
 
 DETECT_WIDTH = 160
-"""Frames are scaled to this width for cut detection: cuts survive it and it costs little."""
+"""Frames are scaled to this width for cut detection and motion: cuts survive it and it costs little."""
+MAX_SAMPLE_FPS = 30.0
+"""More samples per second than this only repeats near-identical frames."""
+MAX_SAMPLES_PER_SHOT = 1000
+"""sample_fps x max_shot_seconds cap: a shot's samples wait in memory until the shot ends."""
+MOTION_CLASSES = ("still", "slow", "fast")
+STILL_BELOW = 0.004
+"""Mean flow (frame widths per second) under which a shot counts as still: sensor noise, compression."""
+FAST_FROM = 0.04
+"""Mean flow from which a shot counts as fast (a pan of ~1/25 frame width per second over the whole frame)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,55 @@ class ReaderSettings:
     crop_size: int = 224
     thumb_width: int = 256
 
+    def validate(self) -> "ReaderSettings":
+        """Return self, or raise InputError naming the bad setting and its allowed range."""
+        def finite(x: float) -> bool:
+            return isinstance(x, (int, float)) and math.isfinite(x)
+
+        if not finite(self.sample_fps) or not 0 < self.sample_fps <= MAX_SAMPLE_FPS:
+            raise InputError(f"--sample-fps must be above 0 and at most {MAX_SAMPLE_FPS:g} frames per second, got {self.sample_fps}")
+        if not finite(self.max_shot_seconds) or self.max_shot_seconds <= 0:
+            raise InputError(f"--max-shot must be a positive number of seconds, got {self.max_shot_seconds}")
+        if not finite(self.min_shot_seconds) or not 0 <= self.min_shot_seconds <= self.max_shot_seconds:
+            raise InputError(f"the minimum shot length must be between 0 and --max-shot ({self.max_shot_seconds}) seconds, got {self.min_shot_seconds}")
+        if self.sample_fps * self.max_shot_seconds > MAX_SAMPLES_PER_SHOT:
+            raise InputError(
+                f"--sample-fps {self.sample_fps:g} x --max-shot {self.max_shot_seconds:g} samples {self.sample_fps * self.max_shot_seconds:g} "
+                f"frames per shot; keep it at most {MAX_SAMPLES_PER_SHOT} (lower one of them)"
+            )
+        if not finite(self.cut_threshold) or self.cut_threshold <= 0:
+            raise InputError(f"the cut threshold must be a positive number, got {self.cut_threshold}")
+        if self.crop_size < 8 or self.thumb_width < 8:
+            raise InputError(f"crop size and thumbnail width must be at least 8 pixels, got {self.crop_size} and {self.thumb_width}")
+        return self
+
+
+@dataclass(frozen=True)
+class MotionStats:
+    """Cheap motion statistics of a shot, from optical flow on small grayscale frames."""
+
+    motion: float = 0.0
+    """Mean flow magnitude over the frame, in frame widths per second."""
+    camera: float = 0.0
+    """Magnitude of the median flow vector (the whole frame moving: a pan or a shake), frame widths per second."""
+    subject: float = 0.0
+    """Mean flow left after removing the median (things moving in the frame), frame widths per second."""
+
+    @property
+    def camera_ratio(self) -> float:
+        """Share of the motion that is the camera's (0 = subject only, 1 = camera only)."""
+        return self.camera / (self.camera + self.subject) if self.camera + self.subject > 1e-9 else 0.0
+
+    @property
+    def label(self) -> str:
+        """still, slow or fast."""
+        return motion_class(self.motion)
+
+
+def motion_class(motion: float) -> str:
+    """The still/slow/fast class of a mean flow magnitude (frame widths per second)."""
+    return "still" if motion < STILL_BELOW else "slow" if motion < FAST_FROM else "fast"
+
 
 @dataclass
 class SampledShot:
@@ -40,6 +98,7 @@ class SampledShot:
     thumbnail: Optional[np.ndarray] = None
     """The middle sampled frame, whole, `thumb_width` wide."""
     frames_sampled: int = 0
+    motion: MotionStats = MotionStats()
 
     def __post_init__(self) -> None:
         self.frames_sampled = self.frames_sampled or len(self.crops)
@@ -123,55 +182,123 @@ def _split_long(start: float, end: float, max_len: float) -> list[tuple[float, f
     return [(start + i * step, start + (i + 1) * step) for i in range(parts)]
 
 
-def iter_shots(
-    path: str | os.PathLike[str], settings: ReaderSettings = ReaderSettings(), info: Optional[VideoInfo] = None
-) -> Iterator[SampledShot]:
-    """Yield the shots of one video with their sampled frames, each as soon as its end is known.
+def _flow_stats(previous: np.ndarray, current: np.ndarray, fps: float) -> tuple[float, float, float]:
+    """(mean, camera, subject) flow between two consecutive small gray frames, in frame widths per second."""
+    import cv2
 
-    Memory stays bounded by one shot's samples, whatever the video's length.
+    flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 2, 9, 2, 5, 1.1, 0)
+    scale = fps / previous.shape[1]
+    median = np.median(flow.reshape(-1, 2), axis=0)
+    mean = float(np.linalg.norm(flow, axis=2).mean()) * scale
+    subject = float(np.linalg.norm(flow - median, axis=2).mean()) * scale
+    return mean, float(np.linalg.norm(median)) * scale, subject
+
+
+@dataclass
+class _Sample:
+    time: float
+    scaled: np.ndarray
+    """The whole frame scaled so its short side is the crop size (the crop and the thumbnail come from it)."""
+    flow: Optional[tuple[float, float, float]] = None
+    """(mean, camera, subject) flow from the frame before, when there is one."""
+
+
+def iter_shots(
+    path: str | os.PathLike[str],
+    settings: ReaderSettings = ReaderSettings(),
+    info: Optional[VideoInfo] = None,
+    stop: Optional[Callable[[], bool]] = None,
+) -> Iterator[SampledShot]:
+    """Yield the shots of one video with their sampled frames and motion, each as soon as its end is known.
+
+    Memory is bounded by the shot limit, whatever the video's length: a span without cuts is split and
+    flushed once it reaches twice `max_shot_seconds`; no decoded frame is kept past its own step.
+    `stop()` is asked at every frame: when it says so, the generator ends quietly mid-file.
     """
+    import cv2
     from scenedetect import ContentDetector
     from scenedetect.common import FrameTimecode
 
+    settings.validate()
     info = info or probe(path)
     fps = info.fps
     detector = ContentDetector(threshold=settings.cut_threshold, min_scene_len=max(1, int(settings.min_shot_seconds * fps)))
     crop_wh = _crop_size_for(info.width, info.height, settings.crop_size)
-    thumb_wh = (settings.thumb_width, max(2, round(settings.thumb_width * info.height / info.width)))
     step = 1.0 / settings.sample_fps
+    max_len = settings.max_shot_seconds
 
     frame_times: list[float] = []
-    # (time, crop, decoded frame): only the shot's middle frame is ever converted to a thumbnail.
-    samples: list[tuple[float, np.ndarray, "av.VideoFrame"]] = []
+    samples: list[_Sample] = []
     shot_start = 0.0
     next_sample = 0.0
-    last_time = 0.0
+    emitted = False
+    previous_gray: Optional[np.ndarray] = None
 
-    def close_shot(end: float, whole_video: bool = False) -> Iterator[SampledShot]:
-        nonlocal samples, shot_start
-        mine = [s for s in samples if s[0] < end]
-        samples = [s for s in samples if s[0] >= end]
-        for part_start, part_end in _split_long(shot_start, end, settings.max_shot_seconds):
-            part = [s for s in mine if part_start <= s[0] < part_end]
+    def make_shot(part_start: float, part_end: float, part: list[_Sample]) -> SampledShot:
+        middle = part[len(part) // 2].scaled
+        thumb_h = max(2, round(settings.thumb_width * middle.shape[0] / middle.shape[1]))
+        thumbnail = cv2.resize(middle, (settings.thumb_width, thumb_h), interpolation=cv2.INTER_AREA)
+        flows = [s.flow for s in part if s.flow is not None]
+        motion = MotionStats(*(float(np.mean(v)) for v in zip(*flows))) if flows else MotionStats()
+        return SampledShot(part_start, part_end, [_center(s.scaled, settings.crop_size) for s in part], thumbnail, motion=motion)
+
+    def take(end: float) -> list[_Sample]:
+        nonlocal samples
+        mine = [s for s in samples if s.time < end]
+        samples = [s for s in samples if s.time >= end]
+        return mine
+
+    def close_shot(end: float, last: bool = False) -> Iterator[SampledShot]:
+        nonlocal shot_start, emitted
+        if end <= shot_start:
+            return
+        mine = take(end)
+        for part_start, part_end in _split_long(shot_start, end, max_len):
+            part = [s for s in mine if part_start <= s.time < part_end]
             # Slivers between cuts are useless as motion; a video that is one short shot is still kept.
-            if part and (part_end - part_start >= settings.min_shot_seconds or whole_video):
-                thumbnail = frame_to_rgb(part[len(part) // 2][2], thumb_wh)
-                yield SampledShot(part_start, part_end, [s[1] for s in part], thumbnail)
+            if part and (part_end - part_start >= settings.min_shot_seconds or (last and not emitted)):
+                emitted = True
+                yield make_shot(part_start, part_end, part)
         shot_start = end
 
+    def flush_long(now: float) -> Iterator[SampledShot]:
+        """Emit full-length parts of a cut-free span as soon as it holds two of them (bounded memory)."""
+        nonlocal shot_start, emitted
+        while now - shot_start >= 2 * max_len:
+            part_end = shot_start + max_len
+            part = take(part_end)
+            if part:
+                emitted = True
+                yield make_shot(shot_start, part_end, part)
+            shot_start = part_end
+
+    first_size = None
     # One decoder thread: the reader runs beside the embedder, and frame threading costs extra CPU.
     for index, (t, frame) in enumerate(iter_av_frames(path, threaded=False)):
+        if stop is not None and stop():
+            return
+        size = (frame.width, frame.height)
+        if first_size is None:
+            first_size = size
+        elif size != first_size:
+            raise InputError(
+                f"{Path(path).name} changes resolution mid-stream ({first_size[0]}x{first_size[1]} -> {size[0]}x{size[1]}); "
+                "re-encode it to one frame size to index it"
+            )
         frame_times.append(t)
-        last_time = t
-        cuts = detector.process_frame(FrameTimecode(index, fps=fps), _detection_image(frame, DETECT_WIDTH))
+        small = _detection_image(frame, DETECT_WIDTH)
+        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        cuts = detector.process_frame(FrameTimecode(index, fps=fps), small)
         for cut in cuts:
             cut_index = min(cut.frame_num, len(frame_times) - 1)
-            yield from close_shot(frame_times[cut_index])
+            yield from close_shot(max(frame_times[cut_index], shot_start))
+        yield from flush_long(t)
         if t + 1e-6 >= next_sample:
-            crop = _center(frame_to_rgb(frame, crop_wh), settings.crop_size)
-            samples.append((t, crop, frame))
+            # Flow from the frame before: the sample's own motion, known at once.
+            flow = _flow_stats(previous_gray, gray, fps) if previous_gray is not None and previous_gray.shape == gray.shape else None
+            samples.append(_Sample(t, frame_to_rgb(frame, crop_wh), flow))
             next_sample = t + step
+        previous_gray = gray
     if not frame_times:
         raise InputError(f"{Path(path).name} has no decodable video frames")
-    frame_period = 1.0 / fps
-    yield from close_shot(last_time + frame_period, whole_video=shot_start == 0.0)
+    yield from close_shot(frame_times[-1] + 1.0 / fps, last=True)

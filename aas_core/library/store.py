@@ -39,8 +39,8 @@ def default_library() -> Path:
 
 
 def file_key(path: Path) -> str:
-    """Stable shard name for a source file (its absolute path)."""
-    return hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:20]
+    """Stable shard name for a source file (its absolute path, as the bytes the OS holds: any name works)."""
+    return hashlib.sha1(os.fsencode(path.absolute())).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,8 @@ class LibraryStore:
         return json.loads((self.shards / f"{key}.json").read_text())
 
     def wipe(self) -> None:
-        """Forget every shard (used by --reindex); the live generation stays until the next commit."""
+        """Forget every shard (used by --reindex); the live generation, thumbnails included, stays until the next commit."""
         shutil.rmtree(self.shards, ignore_errors=True)
-        shutil.rmtree(self.thumbs, ignore_errors=True)
 
     # --- commit ------------------------------------------------------------------------------
     def commit(self, stamp: ModelStamp, roots: list[str], index_type: Optional[IndexType] = None) -> dict[str, Any]:
@@ -216,6 +215,13 @@ class LibraryStore:
         for old in self.path.glob("gen-*"):
             if old.name not in (name, previous):
                 shutil.rmtree(old, ignore_errors=True)
+        # Thumbnails neither live generation points at (left by a --reindex) go now.
+        kept = {s.get("thumbnail") for s in shots}
+        if previous and (self.path / previous / "shots.json").is_file():
+            kept |= {s.get("thumbnail") for s in json.loads((self.path / previous / "shots.json").read_text())}
+        for thumb in self.thumbs.glob("*.jpg") if self.thumbs.is_dir() else []:
+            if str(thumb) not in kept:
+                thumb.unlink(missing_ok=True)
         return manifest
 
     @contextlib.contextmanager
