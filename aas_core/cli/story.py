@@ -8,24 +8,38 @@ from pathlib import Path
 
 from aas_core.cli import add_command
 from aas_core.errors import InputError
+from aas_core.story.planner import API_KEY_ENV, DEFAULT_PLANNER, DEFAULT_PLANNER_MODEL, DEFAULT_TIMEOUT, PLANNERS
 
 
 def _new(args: argparse.Namespace) -> dict:
-    from aas_core.story import draft_story, dump_story, save_story
+    from aas_core.story import dump_story
+    from aas_core.story.planner import plan_from_text, save_plan
 
     text = sys.stdin.read() if args.text == "-" else args.text
     if args.text != "-" and Path(args.text).is_file():
         text = Path(args.text).read_text(encoding="utf-8")
-    story = draft_story(text, title=args.title or "")
     out = Path(args.out)
     if out.exists() and not args.force:
         raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
-    save_story(story, out)
+    result = plan_from_text(
+        text, planner=args.planner, shots=args.shots, title=args.title or "", characters=args.character or (),
+        url=args.planner_url, model=args.planner_model, api_key_env=args.planner_key_env, timeout=args.planner_timeout,
+        weights_root=args.weights, runtime=_runtime(args) if args.planner == "llm" and not args.planner_url else None,
+    )
+    story_file, record = save_plan(result, out, text)
+    story = result.story
     return {
-        "path": str(out),
-        "shots": [{"id": s.id, "query": s.query, "prompt": s.prompt} for s in story.shots],
+        "path": str(story_file),
+        "plan": str(record),
+        "planner": result.planner,
+        "used": result.used,
+        "warnings": result.warnings,
+        "shots": [{"id": s.id, "query": s.query, "prompt": s.prompt, "caption": s.caption, "transition": s.transition,
+                   "frames": s.generate.frames if s.generate else None} for s in story.shots],
         "characters": [c.name for c in story.characters],
-        "_text": dump_story(story) + f"\nwrote {out} ({len(story.shots)} shots); edit it, then: python -m aas_core story run {out}",
+        "_text": dump_story(story) + "".join(f"\nwarning: {w}" for w in result.warnings)
+        + f"\nwrote {out} ({len(story.shots)} shots, planner: {result.used}; record: {record.name}); "
+        f"edit it, then: python -m aas_core story run {out}",
     }
 
 
@@ -93,11 +107,20 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add the `story` group."""
     group = sub.add_parser("story", help="stories: draft, run (resumable), stitch, report").add_subparsers(dest="command", required=True)
-    p = add_command(group, "new", _new, "draft a story file from text: one shot per line or sentence ('query | prompt' to give both)")
+    p = add_command(group, "new", _new, "plan a story file from text: one shot per sentence, or with a language model (--planner llm)")
     p.add_argument("text", help="the story text, a text file, or - for stdin")
     p.add_argument("--out", required=True, help="story file to write (YAML)")
     p.add_argument("--title", help="story title (shown on the title card)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--planner", choices=PLANNERS, default=DEFAULT_PLANNER,
+                   help="sentences: one shot per line/sentence; llm: a language model writes query, prompt, caption, duration, transition")
+    p.add_argument("--shots", type=int, help="number of shots to plan (default: the planner decides)")
+    p.add_argument("--character", action="append", metavar="NAME", help="a story character, written <NAME> in prompts (repeatable; <name> tokens in the text count too)")
+    p.add_argument("--planner-url", help="OpenAI-compatible endpoint for --planner llm, e.g. http://localhost:8000/v1 (default: the local model)")
+    p.add_argument("--planner-model", help=f"model name at the endpoint, or the registry model for local planning (default: {DEFAULT_PLANNER_MODEL})")
+    p.add_argument("--planner-key-env", default=API_KEY_ENV, help=f"environment variable holding the endpoint's API key (default: {API_KEY_ENV})")
+    p.add_argument("--planner-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the endpoint")
+    p.add_argument("--weights", help="weights folder for the local planner model (default: $AAS_WEIGHTS_DIR or ./weights)")
     p = add_command(group, "check", _check, "validate a story and choose its clips without generating anything")
     p.add_argument("file", help="story file (YAML or JSON)")
     p.add_argument("--out", help="run folder (default: <story>-run next to the file)")

@@ -1,6 +1,7 @@
 """Stories: a project file of shots -> retrieve, depth, generate (cached, resumable) -> one stitched video."""
 
 from aas_core.story.draft import draft_story
+from aas_core.story.planner import PLANNERS, PlanResult, plan_from_text, save_plan
 from aas_core.story.runner import (
     SHOT_STATUSES,
     ShotOutcome,
@@ -33,6 +34,8 @@ from aas_core.story.schema import (
 
 __all__ = [
     "MAX_SHOTS",
+    "PLANNERS",
+    "PlanResult",
     "SCHEMA_VERSION",
     "SHOT_STATUSES",
     "Character",
@@ -54,8 +57,10 @@ __all__ = [
     "execute_plan",
     "load_story",
     "parse_story",
+    "plan_from_text",
     "plan_story",
     "read_run",
     "run_story",
+    "save_plan",
     "save_story",
 ]

@@ -39,10 +39,10 @@ def draft_story(text: str, title: str = "") -> Story:
             query, prompt, caption = parts
         names.extend(n for n in TOKEN.findall(prompt) if n not in names)
         shots.append(Shot(prompt=prompt, query=query, caption=caption))
-    return with_ids(Story(shots=shots, title=title, characters=[Character(name=n) for n in names], defaults=_engine_defaults()))
+    return with_ids(Story(shots=shots, title=title, characters=[Character(name=n) for n in names], defaults=engine_defaults()))
 
 
-def _engine_defaults() -> Defaults:
+def engine_defaults() -> Defaults:
     """Story defaults spelling out the generation engine's own defaults, so the drafted file shows what to edit."""
     from aas_core.generate.spec import ShotSpec
 
