@@ -7,6 +7,8 @@ import signal
 import warnings
 
 from aas_core.cli import add_command
+from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, IP_VARIANTS
+from aas_core.concepts.store import CONCEPT_METHODS
 
 
 def _root_arg(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,8 @@ def _train(args: argparse.Namespace) -> dict:
     from aas_core.progress import CancelToken, tqdm_progress
 
     check_free(args.name, args.dir, args.overwrite)  # before any progress bar or model load
+    if args.method == "ip-adapter":
+        return _instant(args)
     settings = TrainSettings(
         steps=args.steps, buckets=args.buckets, vectors=args.vectors, lr=args.lr, batch_size=args.batch_size,
         resolution=args.resolution, lora=args.lora, lora_rank=args.lora_rank,
@@ -36,6 +40,7 @@ def _train(args: argparse.Namespace) -> dict:
             result = train_concept(
                 args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], settings, root=args.dir,
                 overwrite=args.overwrite, runtime=pick_runtime(), on_progress=progress, cancel=cancel,
+                method=args.method, ip_scale=args.ip_scale, ip_variant=args.ip_variant,
             )
     finally:
         close()
@@ -44,7 +49,7 @@ def _train(args: argparse.Namespace) -> dict:
     notes = [str(w.message) for w in caught]
     text = [f"warning: {n}" for n in notes] + [
         f"trained {concept.token} ({concept.buckets} buckets x {concept.vectors} vectors"
-        f"{', LoRA' if concept.lora else ''}) in {concept.folder}",
+        f"{', LoRA' if concept.lora else ''}{', + IP-Adapter photos' if concept.uses_ip else ''}) in {concept.folder}",
         f"loss: first {result.losses[0]:.4f}, last {result.losses[-1]:.4f}" if result.losses else "no steps run",
         f"use it by writing {concept.token} in a shot prompt, e.g. \"{concept.token} walks along the beach\"",
     ]
@@ -52,6 +57,29 @@ def _train(args: argparse.Namespace) -> dict:
         text.append("tiny base model: this concept is a workflow preview only")
     return {"concept": concept.summary(), "losses": result.losses, "resumed_from": result.resumed_from,
             "warnings": notes, "_text": "\n".join(text)}
+
+
+def _instant(args: argparse.Namespace) -> dict:
+    """`--method ip-adapter`: photos and their IP-Adapter embeddings, no training."""
+    from aas_core.concepts import parse_photo_arg
+    from aas_core.concepts.ip_adapter import make_ip_concept
+    from aas_core.device import pick_runtime
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        concept = make_ip_concept(
+            args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], ip_scale=args.ip_scale,
+            variant=args.ip_variant, root=args.dir, overwrite=args.overwrite, runtime=pick_runtime(),
+        )
+    notes = [str(w.message) for w in caught]
+    text = [f"warning: {n}" for n in notes] + [
+        f"made {concept.token} from {len(concept.photos)} photos (IP-Adapter {concept.ip_variant}, scale {concept.ip_scale}) "
+        f"in {concept.folder}: no training",
+        f"use it by writing {concept.token} in a shot prompt, e.g. \"{concept.token} walks along the beach\"",
+    ]
+    if concept.tiny:
+        text.append("tiny IP-Adapter: this concept is a workflow preview only")
+    return {"concept": concept.summary(), "losses": [], "resumed_from": 0, "warnings": notes, "_text": "\n".join(text)}
 
 
 def _list(args: argparse.Namespace) -> dict:
@@ -115,6 +143,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("photos", nargs="+", help="jpg/png/webp photos; PHOTO@x0,y0,x1,y1 crops to a box around the character")
     p.add_argument("--name", required=True, help="concept name (lowercase, digits, - or _); the prompt token is <name>")
     p.add_argument("--class-word", required=True, help="what the character is (woman, cat, robot): the starting point")
+    p.add_argument("--method", choices=CONCEPT_METHODS, default="timeinv",
+                   help="ip-adapter: instant (seconds, photos steer each shot); timeinv: trained vectors (best identity, "
+                        "minutes on a GPU); both: trained vectors plus the photos")
+    p.add_argument("--ip-scale", type=float, default=DEFAULT_IP_SCALE,
+                   help="ip-adapter/both: weight of the photos in shots, 0..2 (a shot can override it)")
+    p.add_argument("--ip-variant", choices=IP_VARIANTS, default=DEFAULT_IP_VARIANT,
+                   help="ip-adapter/both: IP-Adapter file (plus: best identity; plain: looser; plus-face: faces)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--buckets", type=int, default=8, help="K timestep buckets, each with its own vectors")
     p.add_argument("--vectors", type=int, default=2, help="n token vectors per bucket")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
+from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, EMBEDS_FILE
 from aas_core.concepts.timeinv import NAME_PATTERN, bucket_edges, bucket_of, token_for, vector_tokens
 from aas_core.errors import InputError
 from aas_core.fsutil import atomic_dir, atomic_write_json
@@ -26,6 +27,9 @@ TABLE_KEY = "timeinv"
 LORA_FILE = "lora.safetensors"
 ConceptSource = Literal["trained", "imported-ti", "imported-lora"]
 CONCEPT_SOURCES: tuple[str, ...] = ("trained", "imported-ti", "imported-lora")
+ConceptMethod = Literal["ip-adapter", "timeinv", "both"]
+CONCEPT_METHODS: tuple[str, ...] = ("ip-adapter", "timeinv", "both")
+"""ip-adapter: photos + image embeddings, seconds, no training; timeinv: learnt token vectors; both: the two at once."""
 
 Root = Optional[str | os.PathLike[str]]
 
@@ -72,6 +76,11 @@ class Concept:
     base_hub_id: str = ""
     num_train_timesteps: int = 1000
     source: ConceptSource = "trained"
+    method: ConceptMethod = "timeinv"
+    ip_scale: float = DEFAULT_IP_SCALE
+    """IP-Adapter weight of the photos (ip-adapter and both); a shot may override it."""
+    ip_variant: str = DEFAULT_IP_VARIANT
+    """IP-Adapter file used (plain, plus, plus-face); see aas_core.concepts.ip_adapter."""
     tiny: bool = False
     lora: bool = False
     settings: dict = field(default_factory=dict)
@@ -93,6 +102,24 @@ class Concept:
         """The n tokenizer entries the token expands to."""
         return vector_tokens(self.token, self.vectors)
 
+    @property
+    def has_table(self) -> bool:
+        """Whether `<name>` has learnt token vectors (an ip-adapter concept's token reads as its class word)."""
+        return self.method != "ip-adapter"
+
+    @property
+    def uses_ip(self) -> bool:
+        """Whether shots condition on the photos through IP-Adapter."""
+        return self.method in ("ip-adapter", "both")
+
+    def ip_embeds(self) -> dict[str, "torch.Tensor"]:
+        """The photos' stored IP-Adapter image embeddings (see `aas_core.concepts.ip_adapter`)."""
+        from aas_core.concepts.ip_adapter import read_embeds
+
+        if self.folder is None or not self.uses_ip:
+            raise InputError(f"concept {self.name} has no photo embeddings (method {self.method})")
+        return read_embeds(self.folder / EMBEDS_FILE, self.name)
+
     def bucket(self, timestep: float) -> int:
         """The bucket used at a denoising timestep."""
         return bucket_of(timestep, self.buckets, self.num_train_timesteps)
@@ -100,6 +127,8 @@ class Concept:
     def table(self) -> "torch.Tensor":
         """The (K, n, D) float32 table (read from the folder's safetensors on first use)."""
         if self._table is None:
+            if not self.has_table:
+                raise InputError(f"concept {self.name} is an instant (IP-Adapter) character: it has no learnt vectors")
             if self.folder is None:
                 raise ValueError(f"concept {self.name} has no table and no folder")
             from safetensors.torch import load_file
@@ -155,26 +184,37 @@ def concept_from_json(data: dict, folder: Optional[Path] = None) -> Concept:
 
 def write_concept(
     concept: Concept,
-    table: "torch.Tensor",
+    table: Optional["torch.Tensor"],
     root: Root = None,
     overwrite: bool = False,
     photos: Sequence["Image.Image"] = (),
     lora_tensors: Optional[dict] = None,
     lora_file: Optional[Path] = None,
     validation: Sequence[Path] = (),
+    ip_embeds: Optional[dict] = None,
 ) -> Concept:
-    """Write a concept folder atomically (a crash leaves the old concept, or none, never half of one)."""
+    """Write a concept folder atomically (a crash leaves the old concept, or none, never half of one).
+
+    `table` is None for an ip-adapter concept; `ip_embeds` (from `ip_adapter.encode_photos`) for ip-adapter and both.
+    """
     from safetensors.torch import save_file
 
     from aas_core.concepts.photos import thumbnail
 
     target = concept_folder(concept.name, root)
     check_free(concept.name, root, overwrite)
-    table = table.detach().float().cpu().contiguous()
-    concept.buckets, concept.vectors, concept.dim = (int(s) for s in table.shape)
+    if (table is None) != (concept.method == "ip-adapter") or (ip_embeds is None) == concept.uses_ip:
+        raise ValueError(f"concept method {concept.method} needs {'no ' if table is None else ''}table and "
+                         f"{'' if concept.uses_ip else 'no '}IP-Adapter embeddings")
+    if table is not None:
+        table = table.detach().float().cpu().contiguous()
+        concept.buckets, concept.vectors, concept.dim = (int(s) for s in table.shape)
     concept.created = concept.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     with atomic_dir(target, overwrite=True) as tmp:
-        save_file({TABLE_KEY: table}, str(tmp / TABLE_FILE), metadata={"format": "aas-timeinv", "token": concept.token})
+        if table is not None:
+            save_file({TABLE_KEY: table}, str(tmp / TABLE_FILE), metadata={"format": "aas-timeinv", "token": concept.token})
+        if ip_embeds is not None:
+            save_file(ip_embeds, str(tmp / EMBEDS_FILE), metadata={"format": "aas-ip-embeds", "token": concept.token})
         concept.photos, concept.thumbnails, concept.validation = [], [], []
         for i, img in enumerate(photos):
             (tmp / "photos").mkdir(exist_ok=True)

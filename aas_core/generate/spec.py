@@ -75,6 +75,8 @@ class ShotSpec:
     """FreeNoise windows for AnimateDiff shots longer than `context_length` frames."""
     reference_images: tuple[str, ...] = ()
     """Image files of a character or object (VACE only; concepts add their own)."""
+    ip_scale: Optional[float] = None
+    """IP-Adapter weight of instant characters' photos in this shot, 0..2; None: each concept's own (0.6 by default)."""
 
     def __post_init__(self) -> None:
         if self.backend in BACKEND_DEFAULTS:
@@ -134,6 +136,8 @@ class ShotSpec:
             raise InputError(f"context_length must be between 8 and 32 frames (the motion module's range), got {length}")
         if not 1 <= stride <= length:
             raise InputError(f"context_stride must be between 1 and context_length ({length}), got {stride}")
+        if self.ip_scale is not None:
+            _number("ip_scale", self.ip_scale, 0.0, 2.0)
         if self.reference_images and self.backend != "vace":
             raise InputError("reference images need the vace backend; for AnimateDiff, train a concept from the images instead")
         for path in self.reference_images:
