@@ -1,0 +1,79 @@
+"""Whole-story clip choice: fitting clips, no footage shared between shots unless unavoidable, reasons recorded."""
+
+from __future__ import annotations
+
+from aas_core.library import ClipHit
+from aas_core.story.choose import Need, Span, choose_clips
+
+
+def hit(path: str, start: float, end: float, score: float, width: int = 512, height: int = 512, **extra) -> dict:
+    """A search hit in ClipHit.to_dict() form."""
+    data = ClipHit(path=path, start=start, end=end, score=score, thumbnail="", fps=8.0, width=width, height=height).to_dict()
+    return {**data, **extra}
+
+
+def need(shot_id: str, seconds: float = 2.0, aspect: float = 1.0) -> Need:
+    return Need(id=shot_id, seconds=seconds, aspect=aspect)
+
+
+def test_two_shots_wanting_the_same_clip_get_different_footage():
+    a, b, c = hit("/lib/a.mp4", 0, 4, 0.31), hit("/lib/b.mp4", 0, 4, 0.28), hit("/lib/c.mp4", 0, 4, 0.27)
+    # shot-02 matches `a` better than shot-01 does, so the story gives `a` to shot-02.
+    choice = choose_clips([need("shot-01"), need("shot-02")], {"shot-01": [dict(a, score=0.30), b], "shot-02": [a, c]})
+    assert choice["shot-02"].hit["path"] == "/lib/a.mp4"
+    assert choice["shot-01"].hit["path"] == "/lib/b.mp4"
+    assert not choice["shot-01"].reused and not choice["shot-02"].reused
+    lost = choice["shot-01"].rejected[0]
+    assert lost["path"] == "/lib/a.mp4" and lost["why"] == "already used by shot-02"
+    assert choice["shot-02"].reasons[0] == "match 0.310 for the query"
+
+
+def test_overlapping_spans_of_one_file_count_as_the_same_footage():
+    first, overlapping, later = hit("/lib/a.mp4", 0, 3, 0.30), hit("/lib/a.mp4", 2.5, 5, 0.29), hit("/lib/a.mp4", 5, 8, 0.20)
+    choice = choose_clips([need("s1"), need("s2")], {"s1": [first], "s2": [overlapping, later]})
+    assert (choice["s1"].hit["start"], choice["s2"].hit["start"]) == (0, 5)
+    assert any("same source file as s1" in r for r in choice["s2"].reasons)
+
+
+def test_duration_is_respected():
+    short, long_enough = hit("/lib/short.mp4", 0, 1.0, 0.40), hit("/lib/long.mp4", 10, 13, 0.25)
+    choice = choose_clips([need("s1", seconds=2.0)], {"s1": [short, long_enough]})
+    assert choice["s1"].hit["path"] == "/lib/long.mp4"
+    assert choice["s1"].rejected == [{"path": "/lib/short.mp4", "start": 0, "end": 1.0, "score": 0.40,
+                                      "why": "too short: 1.00 s for a 2.00 s shot"}]
+    assert "long enough: 3.00 s for a 2.00 s shot" in choice["s1"].reasons
+
+
+def test_nothing_fits_takes_the_best_match_and_says_why():
+    choice = choose_clips([need("s1", seconds=5.0)], {"s1": [hit("/lib/a.mp4", 0, 1, 0.2), hit("/lib/b.mp4", 0, 2, 0.3)]})
+    assert choice["s1"].hit["path"] == "/lib/b.mp4" and "no candidate fits" in choice["s1"].reasons[0]
+
+
+def test_pinned_footage_is_left_to_its_shot():
+    pinned = [Span("/lib/a.mp4", 1.0, None, owner="shot-03")]
+    choice = choose_clips([need("s1")], {"s1": [hit("/lib/a.mp4", 2, 6, 0.4), hit("/lib/b.mp4", 0, 3, 0.2)]}, pinned)
+    assert choice["s1"].hit["path"] == "/lib/b.mp4"
+    assert choice["s1"].rejected[0]["why"] == "footage pinned by shot-03"
+
+
+def test_reuse_only_when_no_unused_clip_fits():
+    only = hit("/lib/a.mp4", 0, 4, 0.3)
+    choice = choose_clips([need("s1"), need("s2")], {"s1": [only], "s2": [only, hit("/lib/b.mp4", 0, 1, 0.5)]})
+    reused = [c for c in choice.values() if c.reused]
+    assert len(reused) == 1 and "reused: every fitting clip is already used" in reused[0].reasons[-1]
+    assert choice["s2"].hit["path"] == "/lib/a.mp4"  # b is too short, so s2 shares a with s1
+    assert choice["s2"].to_dict()["reused"] is True
+
+
+def test_aspect_breaks_near_ties_and_still_footage_is_skipped():
+    wide, square = hit("/lib/wide.mp4", 0, 4, 0.300, 1920, 1080), hit("/lib/square.mp4", 0, 4, 0.295, 512, 512)
+    choice = choose_clips([need("s1", aspect=1.0)], {"s1": [wide, square]})
+    assert choice["s1"].hit["path"] == "/lib/square.mp4" and "aspect 1.00 for a 1.00 output (same shape)" in choice["s1"].reasons
+    still, moving = hit("/lib/still.mp4", 0, 4, 0.5, motion=0.0), hit("/lib/moving.mp4", 0, 4, 0.2, motion=0.05)
+    choice = choose_clips([need("s1")], {"s1": [still, moving]})
+    assert choice["s1"].hit["path"] == "/lib/moving.mp4"
+    assert choice["s1"].rejected[0]["why"].startswith("still footage")
+
+
+def test_no_candidates_gives_no_hit():
+    assert choose_clips([need("s1")], {"s1": []})["s1"].hit is None
