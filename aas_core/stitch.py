@@ -36,6 +36,9 @@ FONT_CANDIDATES: tuple[str, ...] = (
 """Where DejaVu Sans Bold (Bitstream Vera licence, free to use and ship) usually lives; `$AAS_FONT` wins."""
 
 X264_PARAMS: tuple[str, ...] = ("-pix_fmt", "yuv420p", "-movflags", "+faststart")
+MUSIC_LOOP_CROSSFADE = 1.0
+"""Seconds each pass of a looping music track crossfades into the next (at most a quarter of the track)."""
+MAX_MUSIC_PASSES = 500
 
 
 @dataclass
@@ -325,8 +328,7 @@ def stitch(
             except (OSError, KeyError, IndexError) as exc:
                 raise InputError(f"cannot read music {settings.music} ({exc}); use an mp3, wav, m4a or ogg file") from exc
             opened.append(music)
-            start = min(max(settings.music_start, 0.0), max(music.duration - 0.1, 0.0))
-            music = music.subclipped(start, min(music.duration, start + total))
+            music = _looped_music(music, settings.music_start, total)
             music = music.with_effects(
                 [afx.MultiplyVolume(settings.music_volume), afx.AudioFadeOut(min(settings.music_fade_out, music.duration))]
             )
@@ -359,6 +361,48 @@ def stitch(
         segments=[(s, s + d) for s, d in zip(starts, durations)],
         has_audio=bool(settings.music),
     )
+
+
+@dataclass(frozen=True)
+class MusicPass:
+    """One pass through the music file on the story's timeline."""
+
+    source_start: float
+    source_end: float
+    at: float
+    """Where the pass starts in the story (seconds)."""
+    fade_in: float
+    """Crossfade with the previous pass (0 for the first)."""
+
+
+def music_passes(length: float, start: float, total: float, crossfade: float = MUSIC_LOOP_CROSSFADE) -> list[MusicPass]:
+    """How music of `length` seconds, from `start`, covers `total` seconds: looped from its beginning, crossfaded."""
+    start = min(max(start, 0.0), max(length - 0.1, 0.0))
+    fade = min(crossfade, length / 4)
+    passes = [MusicPass(start, min(length, start + total), 0.0, 0.0)]
+    while passes[-1].at + passes[-1].source_end - passes[-1].source_start < total - 1e-6:
+        if len(passes) >= MAX_MUSIC_PASSES:
+            raise InputError(f"the music ({length:.2f} s) is too short to loop under a {total:.1f} s story; use a longer track")
+        last = passes[-1]
+        at = last.at + (last.source_end - last.source_start) - fade
+        passes.append(MusicPass(0.0, min(length, total - at), at, fade))
+    return passes
+
+
+def _looped_music(music, start: float, total: float):  # noqa: ANN001, ANN202 - moviepy AudioClip in and out
+    """The music trimmed to `total` seconds, looping with crossfades when it is shorter."""
+    from moviepy import CompositeAudioClip, afx
+
+    passes = music_passes(music.duration, start, total)
+    if len(passes) == 1:
+        return music.subclipped(passes[0].source_start, passes[0].source_end)
+    parts = []
+    for i, p in enumerate(passes):
+        effects = [afx.AudioFadeIn(p.fade_in)] if p.fade_in > 0 else []
+        if i + 1 < len(passes):
+            effects.append(afx.AudioFadeOut(passes[i + 1].fade_in))
+        parts.append(music.subclipped(p.source_start, p.source_end).with_effects(effects).with_start(p.at))
+    return CompositeAudioClip(parts).with_duration(total)
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -122,6 +122,29 @@ def test_music_is_trimmed_to_the_video(tmp_path, three_shots):
     assert faststart(result.path)
 
 
+def test_short_music_loops_with_a_crossfade(tmp_path, three_shots):
+    from aas_core.stitch import music_passes
+
+    passes = music_passes(2.5, 0.0, 6.0, crossfade=1.0)
+    # Crossfades are capped at a quarter of the track (0.625 s); the last pass stops at the story's end.
+    assert [(p.source_start, p.source_end, p.at, p.fade_in) for p in passes] == [
+        (0.0, 2.5, 0.0, 0.0), (0.0, 2.5, 1.875, 0.625), (0.0, 2.25, 3.75, 0.625)]
+    with pytest.raises(InputError, match="too short to loop"):
+        music_passes(0.01, 0.0, 600.0)
+    music = write_tone(tmp_path / "short.wav", seconds=2.5)
+    result = stitch([StitchShot(p) for p in three_shots], tmp_path / "loop.mp4", StitchSettings(fps=8, music=str(music), music_fade_out=0.5))
+    import av
+
+    with av.open(result.path) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        samples = np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(stream)])
+    assert len(samples) / rate == pytest.approx(6.0, abs=0.15)
+    rms = [float(np.sqrt(np.mean(samples[int(a * rate) : int(b * rate)] ** 2))) for a, b in ((0.5, 1.5), (3.0, 4.0), (4.5, 5.3))]
+    # Past the track's 2.5 s the tone goes on (looped) at the level it had at the start.
+    assert rms[1] > 0.5 * rms[0] and rms[2] > 0.5 * rms[0] > 0
+
+
 def test_cancel_leaves_nothing_behind(tmp_path, three_shots):
     from aas_core.errors import Cancelled
     from aas_core.progress import CancelToken
