@@ -23,5 +23,17 @@ class ModelLoadError(AASError, RuntimeError):
     """Intact model files that still fail to load (device error, library/config mismatch): not fixed by re-downloading."""
 
 
+class StorageError(AASError, OSError):
+    """A folder cannot take a write (disk full, read-only, no permission): the message names the folder and the space."""
+
+    def __str__(self) -> str:
+        # OSError(code, message) prints as "[Errno 28] message"; users read the message alone.
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+class BusyError(AASError):
+    """Another job holds what this one needs (a story's run folder, a concept in training): wait for it or cancel it."""
+
+
 class Cancelled(AASError):
     """The user cancelled a long-running job."""

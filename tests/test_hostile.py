@@ -6,6 +6,7 @@ pytest process's own peak says nothing about one call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -341,3 +342,198 @@ def test_one_prompt_cannot_hold_more_concept_vectors_than_the_cap():
     assert 5 * 16 > MAX_PROMPT_TI_VECTORS
     with pytest.raises(InputError, match=f"take 80 token vectors; at most {MAX_PROMPT_TI_VECTORS}"):
         check_compatible(None, many)  # refused before the pipeline is looked at
+
+
+# --- full disk, read-only folders ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str = "256k", readonly: bool = False):
+    """A real tmpfs of `size` at `path` (read-only on request: root cannot write there either)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if readonly else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({done.stderr.decode().strip()}); the OS-call tests below still run")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path):
+    from aas_core.errors import StorageError
+    from aas_core.fsutil import atomic_write_bytes, atomic_write_json
+    from aas_core.video_io import write_video
+
+    with small_disk(tmp_path / "disk") as disk:
+        atomic_write_json(disk / "run.json", {"kept": True})
+        with pytest.raises(StorageError, match=rf"cannot write to {re.escape(str(disk))}: the disk is full \(.* free, about 1\.0 MB needed\)"):
+            atomic_write_bytes(disk / "run.json", b"x" * 1_000_000)
+        assert json.loads((disk / "run.json").read_text()) == {"kept": True}
+        frames = (np.random.default_rng(0).random((16, 256, 256, 3)) * 255).astype(np.uint8)
+        with pytest.raises(StorageError, match="the disk is full .* before it filled up needed"):
+            write_video(disk / "shot.mp4", frames, 8)
+        assert sorted(p.name for p in disk.iterdir()) == ["run.json"]  # no temp file left behind
+
+
+def test_read_only_folder_is_a_clear_error(tmp_path):
+    from aas_core.errors import StorageError
+    from aas_core.fsutil import atomic_dir, atomic_write_json, check_writable
+
+    with small_disk(tmp_path / "ro", readonly=True) as ro:
+        for attempt in (lambda: atomic_write_json(ro / "a.json", {}), lambda: check_writable(ro / "sub"), lambda: atomic_dir(ro / "c").__enter__()):
+            with pytest.raises(StorageError, match=rf"cannot write to {re.escape(str(ro))}.*read-only file system"):
+                attempt()
+
+
+def test_disk_errors_at_the_os_call_are_mapped_without_a_mount(tmp_path, monkeypatch):
+    """Where mounting is not allowed: the OS calls themselves fail as a full or read-only disk would."""
+    import errno
+    import os
+
+    from aas_core.errors import StorageError
+    from aas_core.fsutil import atomic_write_bytes, check_writable
+
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(StorageError, match="the disk is full .*about 10 bytes needed"):
+        atomic_write_bytes(tmp_path / "a.bin", b"0123456789")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert list(tmp_path.iterdir()) == []
+    check_writable(tmp_path, need_bytes=1)
+    with pytest.raises(StorageError, match=r"the disk is full \(.* free, about 1000000\.0 GB needed\)"):
+        check_writable(tmp_path, need_bytes=10**15)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "open", read_only)  # tempfile.mkstemp opens through os.open
+    with pytest.raises(StorageError, match="read-only file system"):
+        check_writable(tmp_path / "x")
+
+
+def test_cli_json_reports_a_read_only_output_as_an_error_object(tmp_path, capsys):
+    from aas_core.cli import main
+
+    with small_disk(tmp_path / "ro", readonly=True) as ro:
+        code = main(["story", "new", "A cat sleeps. A dog runs.", "--out", str(ro / "story.yaml"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 2 and out["ok"] is False and out["error_type"] == "StorageError" and out["errno"] == "EROFS"
+    assert f"cannot write to {ro}" in out["error"] and "read-only" in out["error"]
+
+
+def test_generate_checks_its_output_folder_before_loading_anything(tmp_path):
+    import time
+
+    from aas_core.depth import DepthVideo
+    from aas_core.errors import StorageError
+    from aas_core.generate import ShotSpec, generate
+
+    depth = DepthVideo(frames=np.zeros((4, 64, 64), np.float32), fps=8.0)
+    began = time.perf_counter()
+    with small_disk(tmp_path / "ro", readonly=True) as ro:
+        # No weights exist under weights_root: reaching the models would be a different error.
+        with pytest.raises(StorageError, match="read-only"):
+            generate(ShotSpec(prompt="a cat", width=64, height=64, frames=4, steps=1), depth, out_dir=ro / "shots",
+                     weights_root=tmp_path / "no-weights")
+    with small_disk(tmp_path / "full", size="64k") as full:
+        with pytest.raises(StorageError, match=r"the disk is full \(.* free, about 3\.1 MB needed\)"):
+            generate(ShotSpec(prompt="a cat", width=256, height=256, frames=16, steps=1), depth, out_dir=full,
+                     weights_root=tmp_path / "no-weights")
+    assert time.perf_counter() - began < 10
+
+
+def test_sweep_removes_only_temp_leftovers(tmp_path):
+    from aas_core.fsutil import sweep_temps
+
+    shot = tmp_path / "shots" / "a" / "k"
+    shot.mkdir(parents=True)
+    keep = [shot / "comparison.mp4", shot / ".gitignore", tmp_path / ".lock", tmp_path / "run.json"]
+    junk = [shot / ".comparison.mp4.a1b2c3d4.mp4", tmp_path / ".run.json.zz_9y8x7.tmp"]
+    for path in keep + junk:
+        path.write_text("x")
+    (tmp_path / ".stitch-abcdefgh").mkdir()
+    removed = sweep_temps(tmp_path)
+    assert sorted(removed) == sorted(junk + [tmp_path / ".stitch-abcdefgh"])
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in junk)
+
+
+# --- concepts: delete while training, overwrite while listing -------------------------------------------
+
+
+def test_concept_delete_is_refused_while_it_trains_and_it_never_comes_back(sd_root, tmp_path):
+    import threading
+
+    from aas_core.concepts import TrainSettings, delete_concept, list_concepts, train_concept
+    from aas_core.concepts.store import concept_folder
+    from aas_core.device import Runtime
+    from aas_core.errors import BusyError, Cancelled
+    from aas_core.progress import CancelToken
+    from tests.test_concepts import FAST, make_photo
+
+    photos = [make_photo(tmp_path / f"p{i}.png", seed=i) for i in range(2)]
+    settings = TrainSettings(**{**FAST, "steps": 400, "validate_every": 0, "checkpoint_every": 0})
+    started, cancel, outcome = threading.Event(), CancelToken(), {}
+
+    def progress(fraction, message=""):
+        started.set()
+
+    def run():
+        try:
+            outcome["result"] = train_concept("busy", "cat", photos, settings, root=sd_root, runtime=Runtime("cpu", "float32"),
+                                              on_progress=progress, cancel=cancel)
+        except Cancelled as exc:
+            outcome["cancelled"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert started.wait(120)
+        with pytest.raises(BusyError, match="concept 'busy' is being trained or written right now"):
+            delete_concept("busy", sd_root)
+    finally:
+        cancel.cancel()
+        worker.join(300)
+    assert "cancelled" in outcome and not concept_folder("busy", sd_root).exists()
+    delete_concept("busy", sd_root)  # now free: removes the unfinished training's checkpoint
+    assert "busy" not in [c.name for c in list_concepts(sd_root)]
+    with pytest.raises(InputError, match="vectors must be at most 16"):
+        TrainSettings(vectors=17).check()
+
+
+def test_overwriting_a_concept_never_hides_it_from_listings(sd_root):
+    import threading
+
+    import torch
+
+    from aas_core.concepts import Concept, list_concepts
+    from aas_core.concepts.store import write_concept
+
+    def make(seed: int) -> None:
+        meta = Concept(name="steady", class_word="cat", buckets=1, vectors=1, dim=32, base_model="sd15", tiny=True)
+        write_concept(meta, torch.randn(1, 1, 32, generator=torch.Generator().manual_seed(seed)), sd_root, overwrite=True)
+
+    make(0)
+    stop, misses, looks = threading.Event(), [], [0]
+
+    def watch():
+        while not stop.is_set():
+            looks[0] += 1
+            if "steady" not in [c.name for c in list_concepts(sd_root)]:
+                misses.append(looks[0])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for seed in range(1, 40):
+            make(seed)
+    finally:
+        stop.set()
+        watcher.join()
+    assert looks[0] > 20 and misses == []
+    assert not [p.name for p in (sd_root / "concepts").iterdir() if p.name.startswith(".steady.") and not p.name.endswith(".lock")]

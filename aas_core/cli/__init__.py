@@ -7,10 +7,12 @@ Each group module exposes `register(subparsers)`; a command handler returns a JS
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from aas_core.errors import AASError, Cancelled
@@ -80,6 +82,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 os.environ[key] = value
 
 
+def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Print a user error (as a JSON error object with --json) and return exit code 2."""
+    if getattr(args, "json", False):
+        body: dict = {"ok": False, "error": str(exc), "error_type": type(exc).__name__}
+        if isinstance(exc, OSError) and exc.errno is not None:
+            body["errno"] = errno.errorcode.get(exc.errno, exc.errno)
+        print(json.dumps(body))
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         result = args.handler(args)
@@ -90,10 +103,15 @@ def _run(args: argparse.Namespace) -> int:
         print("interrupted: finished work was kept; rerun the same command to continue", file=sys.stderr)
         return 130
     except (AASError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "error": str(exc), "error_type": type(exc).__name__}))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _report_error(args, exc)
+    except OSError as exc:
+        # A write that escaped the fsutil helpers (a library's own writer): still one clear message, no traceback.
+        from aas_core.fsutil import STORAGE_ERRNOS, storage_error
+
+        if exc.errno in STORAGE_ERRNOS:
+            where = Path(os.fsdecode(exc.filename)) if exc.filename else Path.cwd()
+            return _report_error(args, storage_error(exc, where if where.is_dir() else where.parent))
+        return _report_error(args, exc)
     if getattr(args, "json", False):
         result.pop("_text", None)
         print(json.dumps({"ok": True, **result}, default=str))

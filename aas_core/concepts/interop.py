@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aas_core.concepts.store import Concept, Root, check_free, check_name, write_concept
+from aas_core.concepts.store import Concept, Root, check_free, check_name, holding_concept_lock, write_concept
 from aas_core.concepts.timeinv import token_for
 from aas_core.errors import InputError
 from aas_core.fsutil import atomic_path
@@ -180,6 +180,7 @@ def _new_concept(name: str, class_word: str, base_model: str, root: Root, source
     )
 
 
+@holding_concept_lock
 def import_textual_inversion(
     path: str | os.PathLike[str], name: str, class_word: str = "", base_model: str = "sd15",
     root: Root = None, overwrite: bool = False,
@@ -199,6 +200,7 @@ def import_textual_inversion(
     return write_concept(concept, vectors[None], root, overwrite=overwrite)
 
 
+@holding_concept_lock
 def import_lora(
     path: str | os.PathLike[str], name: str, trigger: str = "", class_word: str = "", base_model: str = "sd15",
     root: Root = None, overwrite: bool = False,

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import inspect
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Literal, Optional, Sequence, TypeVar
 
 from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, EMBEDS_FILE
 from aas_core.concepts.timeinv import NAME_PATTERN, bucket_edges, bucket_of, token_for, vector_tokens
 from aas_core.errors import InputError
-from aas_core.fsutil import atomic_dir, atomic_write_json
+from aas_core.fsutil import atomic_dir, atomic_write_json, exclusive, fsync_dir, storage_guard
 from aas_core.weights import weights_dir
 
 if TYPE_CHECKING:
@@ -275,14 +278,49 @@ def list_concepts(root: Root = None) -> list[Concept]:
     return found
 
 
+def concept_lock(name: str, root: Root = None) -> ContextManager[None]:
+    """Held while concept `name` is trained, imported or deleted: a second such job is refused (BusyError) at once."""
+    return exclusive(
+        concepts_dir(root) / f".{check_name(name)}.lock",
+        f"concept {name!r} is being trained or written right now; cancel that job (or wait for it to finish), then try again",
+    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def holding_concept_lock(fn: F) -> F:
+    """Run `fn(name, ..., root=...)` under `concept_lock`, so the concept cannot be deleted meanwhile (and come back)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with concept_lock(bound.arguments["name"], bound.arguments["root"]):
+            return fn(*args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
 def delete_concept(name: str, root: Root = None) -> Path:
-    """Delete a concept folder (and any unfinished training of that name); returns the removed path."""
+    """Delete a concept folder (and any unfinished training of that name); returns the removed path.
+
+    Refused (BusyError) while the concept trains, so a finishing training cannot bring it back. The folder
+    is first renamed away in one step, so a crash mid-delete never leaves half a concept listed.
+    """
     folder = concept_folder(name, root)
     work = training_dir(name, root)
-    if not folder.exists() and not work.exists():
-        raise InputError(f"no concept named {name!r} in {concepts_dir(root)}; see `concept list`")
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
+    with concept_lock(name, root):
+        if not folder.exists() and not work.exists():
+            raise InputError(f"no concept named {name!r} in {concepts_dir(root)}; see `concept list`")
+        with storage_guard(folder.parent):
+            for path in (folder, work):
+                if path.exists():
+                    trash = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+                    os.replace(path, trash)
+                    fsync_dir(path.parent)
+                    shutil.rmtree(trash, ignore_errors=True)
     return folder
 
 

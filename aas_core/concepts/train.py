@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, check_ip_scale, check_variant, encode_photos
 from aas_core.concepts.photos import Photo, augmented_views, captions, load_photos, square_crop
-from aas_core.concepts.store import Concept, Root, check_free, check_name, training_dir, write_concept
+from aas_core.concepts.store import Concept, Root, check_free, check_name, holding_concept_lock, training_dir, write_concept
 from aas_core.concepts.timeinv import SwapEntry, TokenSwap, expand_prompt, init_table, token_for
 from aas_core.device import Runtime, pick_runtime
 from aas_core.errors import Cancelled, InputError
 from aas_core.fsutil import atomic_write_json, json_digest
+from aas_core.limits import MAX_TI_VECTORS
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import BACKEND_BASE_MODEL
 
@@ -75,6 +76,8 @@ class TrainSettings:
         for key in ("steps", "buckets", "vectors", "batch_size", "views_per_photo", "lora_rank"):
             if int(getattr(self, key)) < 1:
                 raise InputError(f"{key.replace('_', '-')} must be at least 1 (got {getattr(self, key)})")
+        if int(self.vectors) > MAX_TI_VECTORS:
+            raise InputError(f"vectors must be at most {MAX_TI_VECTORS} (got {self.vectors}); 2-4 is typical")
         if self.lr <= 0 or self.lora_lr <= 0:
             raise InputError("learning rates must be positive")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
@@ -388,6 +391,7 @@ def _fingerprint(name: str, class_word: str, photos: Sequence[Photo], settings: 
     return json_digest({"name": name, "class": class_word, "photos": digests, "settings": asdict(settings), "base": base_model})
 
 
+@holding_concept_lock  # a delete while training is refused: the finished concept must not come back
 def train_concept(
     name: str,
     class_word: str,
