@@ -1,13 +1,15 @@
-"""`story` commands: new (draft from text), check, run (resumable), stitch, report."""
+"""`story` commands: new (plan from text), check, run (resumable), stitch, report, export."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from aas_core.cli import add_command
 from aas_core.errors import InputError
+from aas_core.story.export import EXPORT_FORMATS
 from aas_core.story.planner import API_KEY_ENV, DEFAULT_PLANNER, DEFAULT_PLANNER_MODEL, DEFAULT_TIMEOUT, PLANNERS
 
 
@@ -99,6 +101,16 @@ def _report(args: argparse.Namespace) -> dict:
     return {**_summary(run), "_text": Path(run.report_md).read_text(encoding="utf-8")}
 
 
+def _export(args: argparse.Namespace) -> dict:
+    from aas_core.story.export import export_run
+
+    result = export_run(args.dir, args.format, args.out)
+    lines = [f"wrote {result.path} ({result.format}, {result.shots} shots, {result.duration:.2f} s at {result.rate} fps)"]
+    lines += [f"captions: {result.srt}"] if result.srt else []
+    lines += [f"warning: {w}" for w in result.warnings]
+    return {**dataclasses.asdict(result), "_text": "\n".join(lines)}
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
     p.add_argument("--library", help="clip library folder for `clip: auto` shots (default: the story's `library:` or the default library)")
@@ -135,3 +147,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("dir", help="run folder")
     p = add_command(group, "report", _report, "print (and rewrite) the report of a run folder")
     p.add_argument("dir", help="run folder")
+    p = add_command(group, "export", _export, "export a run's timeline to an editor (OpenTimelineIO, Final Cut Pro XML, EDL) and story.srt")
+    p.add_argument("dir", help="run folder")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="otio", help="otio (Resolve, Kdenlive via OTIO), fcpxml (Final Cut, Resolve), edl (any editor; no music)")
+    p.add_argument("--out", help="file to write (default: RUN_DIR/story.<format>)")
