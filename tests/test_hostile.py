@@ -537,3 +537,24 @@ def test_overwriting_a_concept_never_hides_it_from_listings(sd_root):
         watcher.join()
     assert looks[0] > 20 and misses == []
     assert not [p.name for p in (sd_root / "concepts").iterdir() if p.name.startswith(".steady.") and not p.name.endswith(".lock")]
+
+
+def test_a_read_only_or_full_concepts_folder_is_a_clear_error(tiny_root, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from aas_core.concepts import import_textual_inversion
+    from aas_core.errors import StorageError
+    from tests.test_concepts import concept_root
+
+    (tmp_path / "weights").mkdir()
+    root = concept_root(tiny_root, tmp_path / "weights", "sd15")
+    save_file({"<x>": torch.randn(2, 32)}, str(tmp_path / "x.safetensors"))
+    with small_disk(root / "concepts", readonly=True):
+        with pytest.raises(StorageError, match=rf"cannot write to {re.escape(str(root / 'concepts'))}: it is on a read-only file system"):
+            import_textual_inversion(tmp_path / "x.safetensors", "ro-ti", root=root)
+    with small_disk(root / "concepts", size="8k") as full:
+        (full / "filler").write_bytes(b"\0" * 4096)
+        with pytest.raises(StorageError, match="the disk is full"):
+            import_textual_inversion(tmp_path / "x.safetensors", "full-ti", root=root)
+        assert sorted(p.name for p in full.iterdir() if not p.name.endswith(".lock")) == ["filler"]
