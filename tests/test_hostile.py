@@ -558,3 +558,15 @@ def test_a_read_only_or_full_concepts_folder_is_a_clear_error(tiny_root, tmp_pat
         with pytest.raises(StorageError, match="the disk is full"):
             import_textual_inversion(tmp_path / "x.safetensors", "full-ti", root=root)
         assert sorted(p.name for p in full.iterdir() if not p.name.endswith(".lock")) == ["filler"]
+
+
+def test_cli_depth_refuses_a_read_only_out_before_estimating(tmp_path, capsys):
+    from aas_core.cli import main
+    from tests.helpers import moving_square_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", moving_square_frames(frames=8))
+    with small_disk(tmp_path / "ro", readonly=True) as ro:
+        # No depth weights exist under --weights: reaching the estimator would be another error.
+        code = main(["depth", str(clip), "--out", str(ro / "d"), "--weights", str(tmp_path / "none"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 2 and out["error_type"] == "StorageError" and "read-only" in out["error"]

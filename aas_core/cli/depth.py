@@ -29,12 +29,13 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def _run(args: argparse.Namespace) -> dict:
     from aas_core.depth import depth_from_clip, write_previews
     from aas_core.device import pick_runtime
-    from aas_core.fsutil import atomic_dir, atomic_write_json
+    from aas_core.fsutil import atomic_dir, atomic_write_json, check_writable
     from aas_core.progress import tqdm_progress
     from aas_core.weights import weights_dir
 
     size = parse_size(args.size)
     out = _out_dir(args)
+    check_writable(out.parent)  # before the estimator runs, not after
     runtime = pick_runtime()  # the top-level --device/--dtype land in $AAS_DEVICE/$AAS_DTYPE
     progress, close = tqdm_progress("depth", disable=args.json)
     try:
