@@ -7,7 +7,6 @@ second and fourth, a depth estimator for depth adherence. Scores are cosines or 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from aas_core.errors import InputError
 from aas_core.registry import DEFAULT_CLIP
+from aas_core.tokens import strip_tokens
 
 if TYPE_CHECKING:
     from aas_core.device import Runtime
@@ -34,9 +34,8 @@ def even_indices(count: int, limit: int = MAX_METRIC_FRAMES) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, count - 1, limit)).astype(int))
 
 
-def clip_text(prompt: str) -> str:
-    """A prompt as CLIP should read it: `<concept>` tokens become the plain concept name."""
-    return re.sub(r"<([^<>]+)>", lambda m: m.group(1).replace("-", " ").replace("_", " "), prompt).strip()
+clip_text = strip_tokens
+"""A prompt as CLIP should read it (`aas_core.tokens.strip_tokens`, kept under the name callers use)."""
 
 
 def text_video_similarity(embedder: "ClipEmbedder", frames: Sequence[np.ndarray], text: str) -> float:

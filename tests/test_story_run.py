@@ -255,3 +255,78 @@ def test_cli_new_check_run_stitch_report(env, tmp_path, capsys):
     assert "| red |" in capsys.readouterr().out
     assert main(["story", "stitch", str(tmp_path), "--json"]) == 2
     assert "not a story run folder" in json.loads(capsys.readouterr().out.splitlines()[0])["error"]
+
+
+@pytest.fixture(scope="module")
+def shot_env(tiny_root, tmp_path_factory):
+    """Tiny weights and one clip, without a library (run_shot needs none)."""
+    from aas_core.device import pick_runtime
+
+    ensure_tiny(tiny_root, *MODELS)
+    folder = tmp_path_factory.mktemp("one_shot")
+    clip = write_clip(folder / "red.mp4", moving_square_frames("red", "right", frames=24), fps=8)
+    return tiny_root, clip, pick_runtime("cpu")
+
+
+def test_run_shot_makes_depth_generation_comparison_metrics_then_reuses_them(shot_env, tmp_path):
+    from aas_core.generate import ShotSpec
+    from aas_core.story import ClipRef, ShotRequest, run_shot
+
+    root, clip, runtime = shot_env
+    request = ShotRequest(spec=ShotSpec(prompt="a red square", width=64, height=64, frames=8, fps=8, steps=1, seed=1),
+                          clip=ClipRef(path=str(clip), start=0.5, end=2.5), depth_options={"smoothing": 0.0})
+    messages: list[str] = []
+    made = run_shot(request, tmp_path / "shot", weights_root=root, runtime=runtime, depth_cache=tmp_path / "depth",
+                    on_progress=lambda f, m: messages.append(m))
+    assert not made.cached and made.frames == 8 and made.fps == 8.0 and made.tiny
+    assert Path(made.video).is_file() and Path(made.comparison).is_file() and (tmp_path / "shot" / "done.json").is_file()
+    assert made.load_frames().shape == (8, 64, 64, 3)
+    assert set(made.metrics) >= {"clip_text_similarity", "frame_consistency", "depth_adherence"}
+    assert -1 <= made.metrics["depth_adherence"] <= 1 and made.metrics["character_identity"] is None
+    assert messages[0] == "depth" and any("step" in m for m in messages) and messages[-1] == "done"
+    assert any(p.is_dir() for p in (tmp_path / "depth").iterdir())  # the depth went to the given cache
+
+    again = run_shot(request, tmp_path / "shot", weights_root=root, runtime=runtime, depth_cache=tmp_path / "depth")
+    assert again.cached and again.video == made.video and again.metrics == made.metrics
+    assert json.loads((tmp_path / "shot" / "done.json").read_text()) == made.record()
+
+
+def test_run_shot_keeps_a_generation_a_kill_left_unmarked(shot_env, tmp_path):
+    from aas_core.generate import ShotSpec
+    from aas_core.story import ClipRef, ShotRequest, run_shot
+
+    root, clip, runtime = shot_env
+    request = ShotRequest(spec=ShotSpec(prompt="a red square", width=64, height=64, frames=8, fps=8, steps=1, seed=2),
+                          clip=ClipRef(path=str(clip)))
+    first = run_shot(request, tmp_path / "shot", weights_root=root, runtime=runtime, metrics=False)
+    assert first.metrics is None
+    # A kill after generation but before done.json: the next call reuses the generation instead of redoing it.
+    (tmp_path / "shot" / "done.json").unlink()
+    messages: list[str] = []
+    again = run_shot(request, tmp_path / "shot", weights_root=root, runtime=runtime, metrics=False,
+                     on_progress=lambda f, m: messages.append(m))
+    assert not again.cached and again.generation == first.generation
+    assert not any("step" in m for m in messages)
+
+
+def test_assemble_rebuilds_video_and_reports_from_run_json(env, tmp_path):
+    from aas_core.story import assemble, read_run
+
+    _, folder, _ = env
+    story, out = write_story(folder, "assemble.yaml"), tmp_path / "out"
+    first = run(env, story, out, metrics=False)
+    (out / "story.mp4").unlink()
+    again = assemble(out)
+    assert Path(again.video).is_file() and again.duration == pytest.approx(first.duration)
+    assert [s.id for s in again.shots] == [s["id"] for s in read_run(out)["shots"]] == ["red", "green", "last"]
+    assert Path(again.report_html).is_file() and Path(again.storyboard).is_file()
+
+
+def test_story_modules_have_no_import_circle():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "aas_core" / "story"
+    for name in ("report.py", "outcome.py", "shot.py", "assembly.py"):
+        tree = ast.parse((package / name).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "aas_core.story.runner" not in imported, f"{name} imports the runner"

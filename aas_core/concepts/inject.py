@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Iterator, Literal, Optional, Sequence
 
 from aas_core.concepts import ip_adapter
 from aas_core.concepts.store import Concept
-from aas_core.concepts.timeinv import TOKEN_IN_PROMPT, SwapEntry, TokenSwap, buckets_tensor
+from aas_core.concepts.timeinv import SwapEntry, TokenSwap, buckets_tensor
+from aas_core.tokens import TOKEN
 from aas_core.errors import InputError
 from aas_core.limits import MAX_PROMPT_TI_VECTORS
 
@@ -47,7 +48,7 @@ class AppliedConcepts:
     def prompt(self, text: str) -> str:
         """`text` with each `<name>` that has no learnt vectors here (ip-adapter concepts; all on VACE) as its class word."""
         words = {c.name: c.class_word or c.name for c in self.concepts if self.backend == "vace" or not c.has_table}
-        return TOKEN_IN_PROMPT.sub(lambda m: words.get(m.group(1), m.group(0)), text)
+        return TOKEN.sub(lambda m: words.get(m.group(1), m.group(0)), text)
 
     def call_kwargs(self, guidance: bool, height: int, width: int, device=None, dtype=None) -> dict:
         """Extra pipeline-call arguments: the IP-Adapter embeddings (and masks); empty without IP-Adapter characters."""

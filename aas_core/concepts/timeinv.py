@@ -9,23 +9,17 @@ writes the bucket's vectors at their positions (differentiably, so the same code
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from aas_core.errors import InputError
 
+# Re-exported: the name rule and token pattern live in aas_core.tokens (one source for story, metrics, concepts).
+from aas_core.tokens import NAME_PATTERN, TOKEN, token_for  # noqa: F401
+from aas_core.tokens import token_names as concept_names_in  # noqa: F401
+
 if TYPE_CHECKING:
     import torch
-
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")  # \Z: `$` would accept a trailing newline
-"""Concept names: lowercase (CLIP's tokenizer lowercases prompts), digits, '-' and '_', at most 40 chars."""
-TOKEN_IN_PROMPT = re.compile(r"<([a-z0-9][a-z0-9_-]{0,39})>")
-
-
-def token_for(name: str) -> str:
-    """The prompt token of a concept: `<name>`."""
-    return f"<{name}>"
 
 
 def vector_tokens(token: str, n: int) -> list[str]:
@@ -38,14 +32,6 @@ def expand_prompt(prompt: str, tokens: dict[str, int]) -> str:
     for token, n in tokens.items():
         prompt = prompt.replace(token, " ".join(vector_tokens(token, n)))
     return prompt
-
-
-def concept_names_in(prompt: str) -> list[str]:
-    """Names of the `<name>` tokens written in a prompt, in order of first appearance."""
-    seen: dict[str, None] = {}
-    for match in TOKEN_IN_PROMPT.finditer(prompt):
-        seen.setdefault(match.group(1), None)
-    return list(seen)
 
 
 def bucket_of(timestep: float, buckets: int, num_train_timesteps: int = 1000) -> int:

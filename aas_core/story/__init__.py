@@ -2,19 +2,10 @@
 
 from aas_core.story.draft import draft_story
 from aas_core.story.planner import PLANNERS, PlanResult, plan_from_text, save_plan
-from aas_core.story.runner import (
-    SHOT_STATUSES,
-    ShotOutcome,
-    ShotPlan,
-    StoryPlan,
-    StoryRun,
-    assemble,
-    default_out_dir,
-    execute_plan,
-    plan_story,
-    read_run,
-    run_story,
-)
+from aas_core.story.assembly import assemble
+from aas_core.story.outcome import SHOT_STATUSES, ShotOutcome, StoryRun, read_run
+from aas_core.story.runner import ShotPlan, StoryPlan, default_out_dir, execute_plan, plan_story, run_story
+from aas_core.story.shot import ShotRequest, ShotRun, run_shot
 from aas_core.story.schema import (
     MAX_SHOTS,
     SCHEMA_VERSION,
@@ -47,6 +38,8 @@ __all__ = [
     "Shot",
     "ShotOutcome",
     "ShotPlan",
+    "ShotRequest",
+    "ShotRun",
     "Story",
     "StoryPlan",
     "StoryRun",
@@ -60,6 +53,7 @@ __all__ = [
     "plan_from_text",
     "plan_story",
     "read_run",
+    "run_shot",
     "run_story",
     "save_plan",
     "save_story",

@@ -6,12 +6,10 @@ import html
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from aas_core.fsutil import atomic_write_bytes, atomic_write_json
-
-if TYPE_CHECKING:
-    from aas_core.story.runner import StoryRun
+from aas_core.story.outcome import REPORT_HTML, REPORT_JSON, REPORT_MD, StoryRun
 
 METRIC_NAMES: tuple[str, ...] = ("clip_text_similarity", "frame_consistency", "depth_adherence", "character_identity")
 METRIC_LABELS = {
@@ -26,7 +24,7 @@ def _mean(values: list[float]) -> Optional[float]:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def build_report(run_data: dict[str, Any], run: "StoryRun") -> dict[str, Any]:
+def build_report(run_data: dict[str, Any], run: StoryRun) -> dict[str, Any]:
     """The report as a JSON-ready dict: per-shot status, clip, metrics, files; means over shots."""
     shots = []
     for o in run.shots:
@@ -128,10 +126,8 @@ def report_html(report: dict[str, Any], base: Path) -> str:
     )
 
 
-def write_reports(out_dir: Path, run_data: dict[str, Any], run: "StoryRun") -> tuple[Path, Path, Path]:
+def write_reports(out_dir: Path, run_data: dict[str, Any], run: StoryRun) -> tuple[Path, Path, Path]:
     """Write story_report.json/.md/.html into the run folder (each atomically)."""
-    from aas_core.story.runner import REPORT_HTML, REPORT_JSON, REPORT_MD
-
     report = build_report(run_data, run)
     atomic_write_json(out_dir / REPORT_JSON, report)
     atomic_write_bytes(out_dir / REPORT_MD, report_markdown(report, out_dir).encode("utf-8"))

@@ -15,39 +15,51 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import time
 import traceback
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from aas_core.errors import AASError, Cancelled, InputError
 from aas_core.fsutil import atomic_write_json, file_digest, json_digest
 from aas_core.progress import CancelToken, ProgressFn, report
-from aas_core.registry import DEFAULT_CLIP
+from aas_core.registry import BACKEND_MODELS, DEFAULT_CLIP
+from aas_core.story.assembly import assemble
+from aas_core.story.outcome import (
+    CACHE_VERSION,
+    DONE_FILE,
+    SHOT_STATUSES,
+    ShotOutcome,
+    ShotStatus,
+    StoryRun,
+    read_json,
+    read_run,
+    write_run,
+)
 from aas_core.story.schema import TOKEN, ClipRef, Shot, Story, load_story, save_story
+from aas_core.story.shot import ShotRequest, ShotRun, run_shot
 
 if TYPE_CHECKING:
     from aas_core.device import Runtime
+    from aas_core.generate import ShotSpec
 
-CACHE_VERSION = 1
-"""Bump when a stage's output changes for the same settings, so old cache entries stop matching."""
-RUN_FILE = "run.json"
-DONE_FILE = "done.json"
-METRICS_FILE = "metrics.json"
-COMPARISON_FILE = "comparison.mp4"
-VIDEO_NAME = "story.mp4"
-STORYBOARD_NAME = "storyboard.png"
-REPORT_JSON, REPORT_MD, REPORT_HTML = "story_report.json", "story_report.md", "story_report.html"
-STORYBOARD_FRAMES = 4
-
-ShotStatus = Literal["generated", "cached", "failed", "skipped"]
-SHOT_STATUSES: tuple[str, ...] = ("generated", "cached", "failed", "skipped")
+__all__ = [
+    "SHOT_STATUSES",
+    "ShotOutcome",
+    "ShotPlan",
+    "ShotStatus",
+    "StoryPlan",
+    "StoryRun",
+    "assemble",
+    "default_out_dir",
+    "execute_plan",
+    "plan_story",
+    "read_run",
+    "run_story",
+]
 
 
 @dataclass
@@ -75,6 +87,14 @@ class ShotPlan:
         """The shot id."""
         return self.shot.id
 
+    def request(self) -> ShotRequest:
+        """The `run_shot` request of this shot."""
+        from aas_core.generate import ShotSpec
+
+        options = {k: v for k, v in self.depth.items() if k not in ("estimator", "frames", "size")}
+        return ShotRequest(spec=ShotSpec(**self.spec), clip=self.clip, estimator=self.depth["estimator"], depth_options=options,
+                           concepts=list(self.concepts), metrics_prompt=self.shot.prompt)
+
 
 @dataclass
 class StoryPlan:
@@ -88,50 +108,16 @@ class StoryPlan:
 
 
 @dataclass
-class ShotOutcome:
-    """What happened to one shot in a run."""
+class _Staged:
+    """A shot after step 3 of planning: settings checked, clip not yet chosen when it is `auto`."""
 
-    id: str
-    status: ShotStatus
-    key: str = ""
-    folder: str = ""
-    video: str = ""
-    comparison: str = ""
-    frames: int = 0
-    fps: float = 0.0
-    seconds: float = 0.0
-    error: str = ""
-    metrics: Optional[dict[str, Any]] = None
-    prompt: str = ""
-    caption: str = ""
-    transition: str = "cut"
-    transition_duration: float = 0.0
-    clip: dict[str, Any] = field(default_factory=dict)
-    tiny: bool = False
-
-
-@dataclass
-class StoryRun:
-    """The result of `run_story`: per-shot outcomes and the assembled files."""
-
-    out_dir: str
-    shots: list[ShotOutcome]
-    video: Optional[str] = None
-    duration: float = 0.0
-    storyboard: Optional[str] = None
-    report_json: Optional[str] = None
-    report_md: Optional[str] = None
-    report_html: Optional[str] = None
-    seconds: float = 0.0
-
-    @property
-    def failed(self) -> list[ShotOutcome]:
-        """Shots that failed."""
-        return [s for s in self.shots if s.status == "failed"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return dataclasses.asdict(self)
+    index: int
+    shot: Shot
+    spec: "ShotSpec"
+    estimator: str
+    options: dict[str, Any]
+    weights: dict[str, Any]
+    clip: Union[ClipRef, str]
 
 
 def default_out_dir(story_path: str | os.PathLike[str]) -> Path:
@@ -205,7 +191,7 @@ def _retrieve(
     info = lib.library_info(library)
     key = json_digest({"v": CACHE_VERSION, "q": query, "lib": info.library, "created": info.created, "min": story.defaults.min_clip_duration})
     cached = out_dir / "cache" / "retrieval" / f"{key}.json"
-    data = _read_json(cached)
+    data = read_json(cached)
     if data is not None:
         return data or None
     hits = lib.search(query, k=1, library=library, min_duration=story.defaults.min_clip_duration, weights_root=weights_root, runtime=runtime)
@@ -227,19 +213,59 @@ def plan_story(
 
     All problems of all shots are gathered into one InputError; nothing heavy (depth, generation) runs.
     """
-    from aas_core.concepts.store import META_FILE as CONCEPT_META, TABLE_FILE, load_concept
-    from aas_core.depth import DEFAULT_ESTIMATOR
-    from aas_core.depth.estimators import check_estimator
-    from aas_core.depth.pipeline import source_digest
-    from aas_core.generate import ShotSpec
-    from aas_core.generate.pipelines import BACKEND_MODELS
-    from aas_core.metrics import clip_text
-    from aas_core.video_io import probe
-
     base = Path(base_dir).absolute()
     out = Path(out_dir).absolute()
     root = str(weights_root) if weights_root is not None else None
     problems: list[str] = []
+    # 1. Characters: story alias -> concept name, and what identifies each concept's files.
+    aliases, concept_ids = _characters(story, root, problems)
+    # 2. Story-wide files: music and the clip library.
+    music = _music(story, base, problems)
+    lib_path = str(_resolve(base, story.library)) if story.library else (str(library) if library else None)
+    # 3. Every shot's settings, depth options, weights and fixed clip (no retrieval yet).
+    staged = []
+    for i, shot in enumerate(story.shots):
+        try:
+            staged.append(_stage(story, shot, i, aliases, base, root))
+        except (AASError, ValueError) as exc:
+            problems.append(_error_at(shot, i, str(exc)))
+    _raise_problems(problems)
+    # 4. Clips for `clip: auto` shots (library search, cached in the run folder), then each shot's cache key.
+    plans = []
+    searches, searched = sum(1 for s in staged if s.clip == "auto"), 0
+    for s in staged:
+        retrieval = None
+        if s.clip == "auto":
+            report(on_progress, searched / max(searches, 1), f"finding a clip for {s.shot.id}")
+            searched += 1
+            try:
+                retrieval = _auto_clip(story, s.shot, lib_path, out, root, runtime)
+            except InputError as exc:
+                problems.append(_error_at(s.shot, s.index, str(exc)))
+                continue
+            s.clip = ClipRef(path=retrieval["path"], start=retrieval["start"], end=retrieval["end"])
+        assert isinstance(s.clip, ClipRef)
+        if not Path(s.clip.path).is_file():
+            problems.append(_error_at(s.shot, s.index, f"clip {s.clip.path} is missing; re-index the library or choose another clip"))
+            continue
+        plans.append(_shot_plan(story, s, s.clip, retrieval, aliases, concept_ids))
+    _raise_problems(problems)
+    # 5. The resolved story (clips chosen, seeds fixed, absolute paths) that the run folder keeps.
+    resolved = dataclasses.replace(story, shots=[p.shot for p in plans], library=lib_path,
+                                   output=dataclasses.replace(story.output, music=music))
+    report(on_progress, 1.0, "story checked")
+    return StoryPlan(story=resolved, shots=plans, out_dir=out, fps=float(plans[0].spec["fps"]), weights_root=root)
+
+
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise InputError("the story cannot run:\n  " + "\n  ".join(problems))
+
+
+def _characters(story: Story, root: Optional[str], problems: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """(alias -> concept name, concept name -> digests of its files); unknown concepts go to `problems`."""
+    from aas_core.concepts.store import META_FILE as CONCEPT_META
+    from aas_core.concepts.store import TABLE_FILE, load_concept
 
     aliases, concept_ids = {}, {}
     for ch in story.characters:
@@ -253,116 +279,91 @@ def plan_story(
             }
         except InputError as exc:
             problems.append(f"character {ch.name}: {exc}")
+    return aliases, concept_ids
 
-    music = None
-    if story.output.music:
-        music_path = _resolve(base, story.output.music)
-        if not music_path.is_file():
-            problems.append(f"output.music: {music_path} does not exist; check the path (relative paths start at the story file)")
-        music = str(music_path)
-    lib_path = str(_resolve(base, story.library)) if story.library else (str(library) if library else None)
 
-    staged = []
-    for i, shot in enumerate(story.shots):
-        try:
-            kwargs = _merged_generate(story, shot)
-            kwargs.update(prompt=_concept_prompt(shot.prompt, aliases), seed=_seed(story, shot))
-            try:
-                spec = ShotSpec(**kwargs)
-            except TypeError as exc:
-                raise InputError(f"generate.options: {exc}; see the generation settings in the README") from None
-            depth_settings = shot.depth or story.defaults.depth
-            estimator = check_estimator(depth_settings.estimator or story.defaults.depth.estimator or DEFAULT_ESTIMATOR)
-            options = {**story.defaults.depth.options, **(shot.depth.options if shot.depth else {})}
-            _check_depth_options(options)
-            weights = _weights_identity((*BACKEND_MODELS[spec.backend], estimator), root)
-            clip = shot.clip
-            if isinstance(clip, str) and clip != "auto":
-                clip = ClipRef(path=clip)
-            if isinstance(clip, ClipRef):
-                path = _resolve(base, clip.path)
-                info = probe(path)
-                if clip.start >= info.duration:
-                    raise InputError(f"clip start {clip.start}s is past the end of {path.name} ({info.duration:.2f}s)")
-                clip = ClipRef(path=str(path), start=clip.start, end=clip.end)
-            staged.append((i, shot, spec, estimator, options, weights, clip))
-        except (AASError, ValueError) as exc:
-            problems.append(_error_at(shot, i, str(exc)))
-    if problems:
-        raise InputError("the story cannot run:\n  " + "\n  ".join(problems))
+def _music(story: Story, base: Path, problems: list[str]) -> Optional[str]:
+    if not story.output.music:
+        return None
+    music_path = _resolve(base, story.output.music)
+    if not music_path.is_file():
+        problems.append(f"output.music: {music_path} does not exist; check the path (relative paths start at the story file)")
+    return str(music_path)
 
-    plans = []
-    searches = sum(1 for s in staged if s[6] == "auto")
-    searched = 0
-    for i, shot, spec, estimator, options, weights, clip in staged:
-        retrieval = None
-        if clip == "auto":
-            report(on_progress, searched / max(searches, 1), f"finding a clip for {shot.id}")
-            searched += 1
-            try:
-                retrieval = _retrieve(story, shot, lib_path, out, root, runtime)
-            except InputError as exc:
-                problems.append(_error_at(shot, i, f"retrieval: {exc}"))
-                continue
-            if retrieval is None:
-                query = shot.query or clip_text(shot.prompt)
-                problems.append(_error_at(shot, i, f"retrieval found no clip for {query!r} (min length "
-                                               f"{story.defaults.min_clip_duration}s); index more clips or set `clip:` to a file"))
-                continue
-            clip = ClipRef(path=retrieval["path"], start=retrieval["start"], end=retrieval["end"])
-        if not Path(clip.path).is_file():
-            problems.append(_error_at(shot, i, f"clip {clip.path} is missing; re-index the library or choose another clip"))
-            continue
-        depth = {
-            "estimator": estimator,
-            "frames": int(spec.frames),
-            "size": (spec.width, spec.height),
-            **options,
-        }
-        concepts = [aliases[name] for name in TOKEN.findall(shot.prompt) if name in aliases]
-        key = json_digest({
-            "v": CACHE_VERSION,
-            "spec": spec.to_dict(),
-            "clip": {"sha256": source_digest(clip.path), "start": clip.start, "end": clip.end},
-            "depth": depth,
-            "concepts": {c: concept_ids[c] for c in concepts},
-            "weights": weights,
-        })
-        transition = shot.transition or story.defaults.transition
-        duration = shot.transition_duration if shot.transition_duration is not None else story.defaults.transition_duration
-        plans.append(ShotPlan(
-            shot=dataclasses.replace(shot, seed=spec.seed, clip=clip), index=i, spec=spec.to_dict(), clip=clip,
-            retrieval=retrieval, depth=depth, concepts=sorted(set(concepts)), caption=shot.caption,
-            transition=transition, transition_duration=duration, key=key,
-        ))
-    if problems:
-        raise InputError("the story cannot run:\n  " + "\n  ".join(problems))
-    fps = float(plans[0].spec["fps"])
-    resolved = dataclasses.replace(story, shots=[p.shot for p in plans], library=lib_path,
-                                   output=dataclasses.replace(story.output, music=music))
-    report(on_progress, 1.0, "story checked")
-    return StoryPlan(story=resolved, shots=plans, out_dir=out, fps=fps, weights_root=root)
+
+def _stage(story: Story, shot: Shot, index: int, aliases: dict[str, str], base: Path, root: Optional[str]) -> _Staged:
+    """A shot's checked settings: ShotSpec, estimator, depth options, weights present, a given clip probed."""
+    from aas_core.depth.estimators import DEFAULT_ESTIMATOR, check_estimator
+    from aas_core.generate import ShotSpec
+    from aas_core.video_io import probe
+
+    kwargs = _merged_generate(story, shot)
+    kwargs.update(prompt=_concept_prompt(shot.prompt, aliases), seed=_seed(story, shot))
+    try:
+        spec = ShotSpec(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"generate.options: {exc}; see the generation settings in the README") from None
+    depth_settings = shot.depth or story.defaults.depth
+    estimator = check_estimator(depth_settings.estimator or story.defaults.depth.estimator or DEFAULT_ESTIMATOR)
+    options = {**story.defaults.depth.options, **(shot.depth.options if shot.depth else {})}
+    _check_depth_options(options)
+    weights = _weights_identity((*BACKEND_MODELS[spec.backend], estimator), root)
+    clip: Union[ClipRef, str, None] = shot.clip
+    if isinstance(clip, str) and clip != "auto":
+        clip = ClipRef(path=clip)
+    if isinstance(clip, ClipRef):
+        path = _resolve(base, clip.path)
+        info = probe(path)
+        if clip.start >= info.duration:
+            raise InputError(f"clip start {clip.start}s is past the end of {path.name} ({info.duration:.2f}s)")
+        clip = ClipRef(path=str(path), start=clip.start, end=clip.end)
+    return _Staged(index, shot, spec, estimator, options, weights, clip if clip is not None else "auto")
+
+
+def _auto_clip(
+    story: Story, shot: Shot, library: Optional[str], out_dir: Path, weights_root: Optional[str], runtime: Optional["Runtime"]
+) -> dict[str, Any]:
+    """The clip chosen for a `clip: auto` shot (a search hit with path, start, end), or an InputError saying why none."""
+    from aas_core.metrics import clip_text
+
+    try:
+        hit = _retrieve(story, shot, library, out_dir, weights_root, runtime)
+    except InputError as exc:
+        raise InputError(f"retrieval: {exc}") from exc
+    if hit is None:
+        query = shot.query or clip_text(shot.prompt)
+        raise InputError(f"retrieval found no clip for {query!r} (min length {story.defaults.min_clip_duration}s); "
+                         "index more clips or set `clip:` to a file")
+    return hit
+
+
+def _shot_plan(story: Story, staged: _Staged, clip: ClipRef, retrieval: Optional[dict[str, Any]], aliases: dict[str, str],
+               concept_ids: dict[str, dict[str, str]]) -> ShotPlan:
+    """The shot's plan and cache key: every setting that changes its result, digested."""
+    from aas_core.depth.pipeline import source_digest
+
+    spec, shot = staged.spec, staged.shot
+    depth = {"estimator": staged.estimator, "frames": int(spec.frames), "size": (spec.width, spec.height), **staged.options}
+    concepts = [aliases[name] for name in TOKEN.findall(shot.prompt) if name in aliases]
+    key = json_digest({
+        "v": CACHE_VERSION,
+        "spec": spec.to_dict(),
+        "clip": {"sha256": source_digest(clip.path), "start": clip.start, "end": clip.end},
+        "depth": depth,
+        "concepts": {c: concept_ids[c] for c in concepts},
+        "weights": staged.weights,
+    })
+    transition = shot.transition or story.defaults.transition
+    duration = shot.transition_duration if shot.transition_duration is not None else story.defaults.transition_duration
+    return ShotPlan(
+        shot=dataclasses.replace(shot, seed=spec.seed, clip=clip), index=staged.index, spec=spec.to_dict(), clip=clip,
+        retrieval=retrieval, depth=depth, concepts=sorted(set(concepts)), caption=shot.caption,
+        transition=transition, transition_duration=duration, key=key,
+    )
 
 
 def _shot_dir(plan: StoryPlan, shot: ShotPlan) -> Path:
     return plan.out_dir / "shots" / shot.id / shot.key
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _finished_generation(folder: Path) -> Optional[Path]:
-    """A complete generate() folder inside `folder` (written atomically, so present = complete)."""
-    from aas_core.generate.run import PARAMS_FILE, VIDEO_FILE
-
-    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if child.is_dir() and not child.name.startswith(".") and (child / PARAMS_FILE).is_file() and (child / VIDEO_FILE).is_file():
-            return child
-    return None
 
 
 def _outcome(shot: ShotPlan, status: ShotStatus, **extra: Any) -> ShotOutcome:
@@ -375,92 +376,13 @@ def _outcome(shot: ShotPlan, status: ShotStatus, **extra: Any) -> ShotOutcome:
     )
 
 
-def _run_shot(plan: StoryPlan, shot: ShotPlan, runtime: Optional["Runtime"], progress: ProgressFn, cancel: Optional[CancelToken]) -> ShotOutcome:
-    """Depth -> generate -> comparison video for one shot; returns the cached outcome when already done."""
-    from aas_core.concepts.store import load_concept
-    from aas_core.depth import depth_from_clip
-    from aas_core.generate import ShotSpec, generate
-    from aas_core.stitch import comparison_video
-
-    folder = _shot_dir(plan, shot)
-    done = _read_json(folder / DONE_FILE)
-    if done is not None:
-        progress(1.0, "already done")
-        return _outcome(shot, "cached", **done)
-    began = time.perf_counter()
-    progress(0.0, "depth")
-    depth = depth_from_clip(
-        shot.clip.path, start=shot.clip.start, end=shot.clip.end, weights_root=plan.weights_root, runtime=runtime,
-        cache_dir=plan.out_dir / "cache" / "depth", on_progress=lambda f, m: progress(0.2 * f, m), cancel=cancel,
-        **shot.depth,
-    )
-    if cancel is not None:
-        cancel.check()
-    generated = _finished_generation(folder)
-    if generated is None:
-        concepts = [load_concept(name, plan.weights_root) for name in shot.concepts]
-        result = generate(
-            ShotSpec(**shot.spec), depth, concepts=concepts, on_progress=lambda f, m: progress(0.2 + 0.7 * f, m),
-            cancel=cancel, weights_root=plan.weights_root, runtime=runtime, out_dir=folder,
-        )
-        generated, frames, tiny = result.folder, result.frames, result.tiny
-    else:
-        # Killed after generation finished but before the shot was marked done: keep that result.
-        frames, tiny = _decode(generated / "shot.mp4"), bool((_read_json(generated / "params.json") or {}).get("tiny"))
-    progress(0.9, "comparison video")
-    comparison_video(depth.rgb if depth.rgb is not None else depth.as_uint8()[..., None].repeat(3, 3), depth.frames, frames,
-                     folder / COMPARISON_FILE, float(shot.spec["fps"]))
-    done = {
-        "folder": str(generated), "video": str(generated / "shot.mp4"), "comparison": str(folder / COMPARISON_FILE),
-        "frames": int(len(frames)), "fps": float(shot.spec["fps"]), "seconds": round(time.perf_counter() - began, 3), "tiny": tiny,
-    }
-    atomic_write_json(folder / DONE_FILE, done)
-    progress(1.0, "done")
-    return _outcome(shot, "generated", **done)
-
-
-def _decode(path: Path) -> np.ndarray:
-    from aas_core.video_io import iter_frames
-
-    return np.stack([f.rgb for f in iter_frames(path)])
-
-
-def _shot_metrics(plan: StoryPlan, shot: ShotPlan, outcome: ShotOutcome, runtime: Optional["Runtime"], clip_model: str) -> dict[str, Any]:
-    """The shot's metrics, computed once per (shot result, metric models) and kept beside it."""
-    from aas_core.concepts.store import load_concept
-    from aas_core.depth import DepthVideo, load_estimator
-    from aas_core.depth.pipeline import depth_from_clip
-    from aas_core.metrics import shot_metrics
-
-    folder = _shot_dir(plan, shot)
-    key = json_digest({"v": CACHE_VERSION, "clip": clip_model, "depth": shot.depth["estimator"]})
-    cached = _read_json(folder / METRICS_FILE)
-    if cached is not None and cached.get("key") == key:
-        return cached
-    depth: DepthVideo = depth_from_clip(shot.clip.path, start=shot.clip.start, end=shot.clip.end, weights_root=plan.weights_root,
-                                        runtime=runtime, cache_dir=plan.out_dir / "cache" / "depth", **shot.depth)
-    estimator = load_estimator(shot.depth["estimator"], plan.weights_root, runtime)
-    photos = []
-    for name in shot.concepts:
-        photos.extend(np.asarray(img) for img in load_concept(name, plan.weights_root).reference_images())
-    result = shot_metrics(
-        _decode(Path(outcome.video)), shot.shot.prompt, condition_depth=depth.frames, depth_estimate=estimator.predict,
-        depth_model=shot.depth["estimator"], concept_photos=photos, clip_model=clip_model, weights_root=plan.weights_root,
-        runtime=runtime,
-    )
-    data = {"key": key, **result.to_dict()}
-    atomic_write_json(folder / METRICS_FILE, data)
-    return data
+def _made(shot: ShotPlan, made: ShotRun) -> ShotOutcome:
+    """A run_shot result as the run's outcome record."""
+    return _outcome(shot, "cached" if made.cached else "generated", metrics=made.metrics, **made.record())
 
 
 def _write_run(plan: StoryPlan, outcomes: Sequence[ShotOutcome]) -> None:
-    atomic_write_json(plan.out_dir / RUN_FILE, {
-        "title": plan.story.title,
-        "fps": plan.fps,
-        "output": dataclasses.asdict(plan.story.output),
-        "shots": [dataclasses.asdict(o) for o in outcomes],
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    write_run(plan.out_dir, plan.story.title, plan.fps, dataclasses.asdict(plan.story.output), outcomes)
 
 
 def execute_plan(
@@ -481,8 +403,10 @@ def execute_plan(
     unknown = sorted(set(only or ()) - set(ids))
     if unknown:
         raise InputError(f"no shot with id {', '.join(unknown)}; the story's shots are {', '.join(ids)}")
+    # 1. The run folder keeps the resolved story.
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     save_story(plan.story, plan.out_dir / "story.yaml")
+    # 2. Each shot through run_shot; run.json is rewritten after every shot, so a kill loses nothing finished.
     outcomes: list[ShotOutcome] = []
     n = len(plan.shots)
     for i, shot in enumerate(plan.shots):
@@ -490,37 +414,40 @@ def execute_plan(
             cancel.check()
 
         def progress(fraction: float, message: str, i: int = i, shot: ShotPlan = shot) -> None:
-            report(on_progress, 0.9 * (i + fraction) / n, f"[{shot.id} {i + 1}/{n}] {message}")
+            report(on_progress, 0.92 * (i + fraction) / n, f"[{shot.id} {i + 1}/{n}] {message}")
 
-        if only and shot.id not in only:
-            done = _read_json(_shot_dir(plan, shot) / DONE_FILE)
-            outcomes.append(_outcome(shot, "cached", **done) if done else _outcome(shot, "skipped"))
-            continue
         try:
-            outcome = _run_shot(plan, shot, runtime, progress, cancel)
+            outcome = _execute_shot(plan, shot, only, metrics, clip_model, runtime, progress, cancel)
         except (Cancelled, KeyboardInterrupt):
             _write_run(plan, outcomes + [_outcome(s, "skipped") for s in plan.shots[i:]])
             raise
         except Exception as exc:  # noqa: BLE001 - one bad shot (OOM, corrupt clip, ...) must not stop the story
-            outcome = _outcome(shot, "failed", error=f"{type(exc).__name__}: {exc}")
-            (plan.out_dir / "shots" / shot.id).mkdir(parents=True, exist_ok=True)
-            (plan.out_dir / "shots" / shot.id / "error.log").write_text(traceback.format_exc())
+            outcome = _failed(plan, shot, exc)
         outcomes.append(outcome)
         _write_run(plan, outcomes + [_outcome(s, "skipped") for s in plan.shots[i + 1:]])
-    if metrics:
-        for shot, outcome in zip(plan.shots, outcomes):
-            if outcome.status in ("generated", "cached"):
-                if cancel is not None:
-                    cancel.check()
-                report(on_progress, 0.9, f"[{shot.id}] metrics")
-                try:
-                    outcome.metrics = _shot_metrics(plan, shot, outcome, runtime, clip_model)
-                except (AASError, ValueError, OSError) as exc:
-                    outcome.metrics = {"error": f"{type(exc).__name__}: {exc}"}
-        _write_run(plan, outcomes)
+    # 3. Stitch, storyboard, reports.
     run = assemble(plan.out_dir, on_progress=lambda f, m: report(on_progress, 0.92 + 0.08 * f, m), cancel=cancel)
     run.seconds = round(time.perf_counter() - began, 3)
     return run
+
+
+def _execute_shot(plan: StoryPlan, shot: ShotPlan, only: Optional[Sequence[str]], metrics: bool, clip_model: str,
+                  runtime: "Runtime", progress: ProgressFn, cancel: Optional[CancelToken]) -> ShotOutcome:
+    """One shot of a run: made (or found finished) by run_shot; a shot left out by `only` is only looked up."""
+    folder = _shot_dir(plan, shot)
+    if only and shot.id not in only and read_json(folder / DONE_FILE) is None:
+        return _outcome(shot, "skipped")
+    made = run_shot(shot.request(), folder, weights_root=plan.weights_root, runtime=runtime,
+                    depth_cache=plan.out_dir / "cache" / "depth", metrics=metrics, clip_model=clip_model,
+                    on_progress=progress, cancel=cancel)
+    return _made(shot, made)
+
+
+def _failed(plan: StoryPlan, shot: ShotPlan, exc: BaseException) -> ShotOutcome:
+    """A failed shot's outcome; the traceback goes to shots/ID/error.log for a bug report."""
+    (plan.out_dir / "shots" / shot.id).mkdir(parents=True, exist_ok=True)
+    (plan.out_dir / "shots" / shot.id / "error.log").write_text(traceback.format_exc())
+    return _outcome(shot, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def run_story(
@@ -551,49 +478,3 @@ def run_story(
                       on_progress=lambda f, m: report(on_progress, 0.02 * f, m))
     return execute_plan(plan, only=only, metrics=metrics, clip_model=clip_model, runtime=runtime,
                         on_progress=on_progress, cancel=cancel)
-
-
-def read_run(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run.json of a run folder, or an InputError saying how to make one."""
-    path = Path(out_dir) / RUN_FILE
-    data = _read_json(path)
-    if data is None:
-        raise InputError(f"{out_dir} is not a story run folder (no readable {RUN_FILE}); run a story into it first: python -m aas_core story run FILE --out {out_dir}")
-    return data
-
-
-def assemble(
-    out_dir: str | os.PathLike[str],
-    on_progress: Optional[ProgressFn] = None,
-    cancel: Optional[CancelToken] = None,
-) -> StoryRun:
-    """Stitch the finished shots of a run folder, draw its storyboard and write its reports."""
-    from aas_core.stitch import StitchSettings, StitchShot, StoryboardRow, contact_sheet, stitch
-    from aas_core.story.report import write_reports
-    from aas_core.video_io import probe, sample_frames
-
-    out = Path(out_dir).absolute()
-    data = read_run(out)
-    outcomes = [ShotOutcome(**s) for s in data["shots"]]
-    ready = [o for o in outcomes if o.status in ("generated", "cached") and Path(o.video).is_file()]
-    run = StoryRun(out_dir=str(out), shots=outcomes)
-    if ready:
-        output = data["output"]
-        title = data.get("title", "") if output.get("title_card", True) else ""
-        shots = [StitchShot(o.video, o.caption, o.transition, o.transition_duration) for o in ready]
-        settings = StitchSettings(
-            fps=float(data["fps"]), title=title, title_duration=output["title_duration"], captions=output["captions"],
-            music=output.get("music"), music_start=output["music_start"], music_volume=output["music_volume"],
-            music_fade_out=output["music_fade_out"],
-        )
-        stitched = stitch(shots, out / VIDEO_NAME, settings, on_progress=on_progress, cancel=cancel)
-        run.video, run.duration = stitched.path, stitched.duration
-        rows = []
-        for o in ready:
-            info = probe(o.video)
-            times = [info.duration * k / STORYBOARD_FRAMES for k in range(STORYBOARD_FRAMES)]
-            rows.append(StoryboardRow(o.id, o.caption or o.prompt, [f.rgb for f in sample_frames(o.video, times)]))
-        run.storyboard = str(contact_sheet(rows, out / STORYBOARD_NAME))
-    paths = write_reports(out, data, run)
-    run.report_json, run.report_md, run.report_html = (str(p) for p in paths)
-    return run
