@@ -192,7 +192,7 @@ def test_vace_uses_the_photos_as_references_and_the_class_word(bob, tiny_root, r
 
 def test_cli_makes_an_instant_character_in_seconds(root, photos, capsys):
     code = main(["concept", "train", "--name", "fay", "--class-word", "woman", *map(str, photos),
-                 "--method", "ip-adapter", "--ip-scale", "0.7", "--dir", str(root), "--json"])
+                 "--method", "ip-adapter", "--ip-scale", "0.7", "--weights", str(root), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["concept"]["method"] == "ip-adapter" and out["concept"]["ip_scale"] == 0.7
     assert out["losses"] == []

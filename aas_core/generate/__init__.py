@@ -14,6 +14,7 @@ from aas_core.generate.spec import (
     ShotResult,
     ShotSpec,
 )
+from aas_core.generate.presets import PRESETS, Preset, default_preset, estimate_gpu_seconds
 from aas_core.generate.run import generate
 
 __all__ = [
@@ -23,8 +24,12 @@ __all__ = [
     "Backend",
     "MemoryMode",
     "OutOfMemory",
+    "PRESETS",
+    "Preset",
     "SchedulerName",
     "ShotResult",
     "ShotSpec",
+    "default_preset",
+    "estimate_gpu_seconds",
     "generate",
 ]

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from aas_core import models
 from aas_core.device import Runtime
 from aas_core.errors import InputError, WeightsMissingError
+from aas_core.generate.presets import PRESET_TABLE, MotionChoice
 from aas_core.models import ModelKey
 from aas_core.registry import BACKEND_BASE_MODEL, BACKEND_MODELS, get_spec
 from aas_core.weights import is_tiny, load_error, model_dir, weights_dir
@@ -87,20 +88,31 @@ def _is_pipeline(key: ModelKey) -> bool:
     return key.variant.startswith(PIPELINE_VARIANT + ":")
 
 
-def pipeline_key(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> ModelKey:
+def pipeline_models(backend: str, motion: Optional[MotionChoice] = None) -> tuple[str, ...]:
+    """Registry names a pipeline loads: the backend's, with the motion module replaced by `motion`'s (a preset's)."""
+    default_motion = PRESET_TABLE["standard"].motion_model
+    return tuple(motion.model if motion is not None and name == default_motion else name for name in BACKEND_MODELS[backend])
+
+
+def pipeline_key(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str,
+                 motion: Optional[MotionChoice] = None) -> ModelKey:
     """Cache key of a pipeline: named by its base model, by resolved model folders (linked weights folders share one)."""
     if backend not in BACKEND_MODELS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_MODELS)}")
     base = BACKEND_BASE_MODEL[backend]
-    others = [str(model_dir(name, weights_root)) for name in BACKEND_MODELS[backend] if name != base]
+    others = [str(model_dir(name, weights_root)) for name in pipeline_models(backend, motion) if name != base]
     # Named and placed like the base model's own weights, so training's copy of SD1.5 and this one never coexist.
-    variant = ":".join([PIPELINE_VARIANT, backend, memory_mode, *others])
+    variant = ":".join([PIPELINE_VARIANT, backend, memory_mode, *others, *([motion.file] if motion and motion.file else [])])
     return ModelKey(base, str(model_dir(base, weights_root)), runtime.device, runtime.dtype_name, variant)
 
 
-def get_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
-    """The cached pipeline for these settings, loading it (and freeing any other pipeline first) when they change."""
-    key = pipeline_key(backend, weights_root, runtime, memory_mode)
+def get_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str,
+                 motion: Optional[MotionChoice] = None) -> LoadedPipeline:
+    """The cached pipeline for these settings, loading it (and freeing any other pipeline first) when they change.
+
+    `motion`: another motion module than the backend's (the fast preset's AnimateDiff-Lightning checkpoint).
+    """
+    key = pipeline_key(backend, weights_root, runtime, memory_mode, motion)
     if models.peek(key) is None:
         # One pipeline at a time: switching backend or memory mode frees the old one before the new one loads.
         for other in models.loaded():
@@ -108,17 +120,23 @@ def get_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], r
                 models.release(other)
     return models.get(
         key,
-        lambda: load_pipeline(backend, weights_root, runtime, memory_mode),
-        size_bytes=_expected_bytes(backend, weights_root, runtime, memory_mode),
+        lambda: load_pipeline(backend, weights_root, runtime, memory_mode, motion),
+        size_bytes=_expected_bytes(backend, weights_root, runtime, memory_mode, motion),
         unload=_unload,
     )
 
 
-def _expected_bytes(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> int:
+def _expected_bytes(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str,
+                    motion: Optional[MotionChoice] = None) -> int:
     """Device memory the pipeline's weights will take: none on the device when offloading, else the files' size."""
     if memory_mode in OFFLOAD_MODES:
         return 0
-    return sum(models.folder_bytes(model_dir(name, weights_root)) for name in BACKEND_MODELS[backend])
+    total = 0
+    for name in pipeline_models(backend, motion):
+        folder = model_dir(name, weights_root)
+        # A motion checkpoint is one file of a folder that holds several (one per distilled step count).
+        total += (folder / motion.file).stat().st_size if motion and motion.file and name == motion.model else models.folder_bytes(folder)
+    return total
 
 
 def _unload(loaded: LoadedPipeline) -> None:
@@ -128,14 +146,15 @@ def _unload(loaded: LoadedPipeline) -> None:
         remove()
 
 
-def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str) -> LoadedPipeline:
+def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], runtime: Runtime, memory_mode: str,
+                  motion: Optional[MotionChoice] = None) -> LoadedPipeline:
     """Build a backend's pipeline from the weights folder and place it per `memory_mode` (no caching)."""
     if backend not in BACKEND_MODELS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_MODELS)}")
-    folders = {name: model_dir(name, weights_root) for name in BACKEND_MODELS[backend]}
+    folders = {name: model_dir(name, weights_root) for name in pipeline_models(backend, motion)}
     start = time.perf_counter()
     try:
-        pipe = _build_animatediff(folders, runtime) if backend == "animatediff" else _build_vace(folders, runtime)
+        pipe = _build_animatediff(folders, runtime, motion) if backend == "animatediff" else _build_vace(folders, runtime)
     except (WeightsMissingError, InputError):
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as exc:
@@ -155,7 +174,7 @@ def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], 
             "hub_id": get_spec(name).hub_id,
             "revision": get_spec(name).revision,
             "tiny": is_tiny(name, weights_root),
-            "path": str(folder),
+            "path": str(folder / motion.file if motion and motion.file and name == motion.model else folder),
         }
         for name, folder in folders.items()
     }
@@ -163,7 +182,7 @@ def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], 
         pipe=pipe,
         backend=backend,
         memory_mode=memory_mode,
-        key=pipeline_key(backend, weights_root, runtime, memory_mode),
+        key=pipeline_key(backend, weights_root, runtime, memory_mode, motion),
         models=models,
         scheduler_config=dict(pipe.scheduler.config),
         load_s=time.perf_counter() - start,
@@ -171,17 +190,23 @@ def load_pipeline(backend: str, weights_root: Optional[str | os.PathLike[str]], 
     )
 
 
-def _build_animatediff(folders: dict, runtime: Runtime) -> Any:
+def _build_animatediff(folders: dict, runtime: Runtime, motion: Optional[MotionChoice] = None) -> Any:
     from diffusers import AnimateDiffControlNetPipeline, AutoencoderKL, ControlNetModel, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from aas_core.generate.presets import load_motion_checkpoint
+
     sd, dtype = folders["sd15"], runtime.dtype
+    if motion is not None and motion.file:
+        motion_adapter = load_motion_checkpoint(folders[motion.model], motion.file, dtype)
+    else:
+        motion_adapter = MotionAdapter.from_pretrained(folders[motion.model if motion else PRESET_TABLE["standard"].motion_model], dtype=dtype)
     pipe = AnimateDiffControlNetPipeline(
         vae=AutoencoderKL.from_pretrained(sd / "vae", dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(sd / "text_encoder", dtype=dtype),
         tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(sd / "unet", dtype=dtype),
-        motion_adapter=MotionAdapter.from_pretrained(folders["animatediff-motion-adapter-v1-5-3"], dtype=dtype),
+        motion_adapter=motion_adapter,
         controlnet=ControlNetModel.from_pretrained(folders["controlnet-depth-sd15"], dtype=dtype),
         scheduler=DDIMScheduler.from_pretrained(sd / "scheduler"),
         feature_extractor=None,

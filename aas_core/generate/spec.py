@@ -10,13 +10,15 @@ from typing import Any, Literal, Optional, get_args
 import numpy as np
 
 from aas_core.errors import InputError
+from aas_core.generate.presets import PRESET_TABLE, PRESETS, Preset, check_preset, default_preset
 from aas_core.limits import MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, check_text
+from aas_core.registry import BACKEND_MODELS
 
 Backend = Literal["animatediff", "vace"]
 SchedulerName = Literal["default", "ddim", "dpm++", "euler", "euler_a", "unipc"]
 MemoryMode = Literal["auto", "full", "vae_tiling", "model_offload", "sequential_offload"]
 
-BACKENDS: tuple[str, ...] = get_args(Backend)
+BACKENDS: tuple[str, ...] = tuple(BACKEND_MODELS)  # from the registry; `Backend` spells them for type checkers
 SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 MEMORY_MODES: tuple[str, ...] = get_args(MemoryMode)
 """`auto` then the concrete modes from fastest to leanest; an OOM retries in the next one."""
@@ -26,7 +28,7 @@ VACE_SCHEDULERS: tuple[str, ...] = ("default", "unipc", "dpm++", "euler")
 """Flow-matching schedulers only: DDIM and ancestral Euler have no flow-prediction form."""
 
 BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "animatediff": {"frames": 16, "guidance": 7.5, "steps": 25},
+    "animatediff": {"frames": 16},  # steps and guidance: the preset's (aas_core.generate.presets)
     "vace": {"frames": 17, "guidance": 5.0, "steps": 30},
 }
 MAX_FRAMES = {"animatediff": 128, "vace": 81}
@@ -59,9 +61,12 @@ class ShotSpec:
     fps: float = 8.0
     width: int = 512
     height: int = 512
+    preset: Optional[Preset] = None
+    """standard or fast (AnimateDiff-Lightning, no CFG); None: fast on a Hugging Face Space, else standard."""
     steps: Optional[int] = None
+    """None: the preset's (25 standard, 4 fast) on AnimateDiff, 30 on VACE."""
     guidance: Optional[float] = None
-    """Classifier-free guidance scale; None: 7.5 AnimateDiff, 5.0 VACE; below 1 disables guidance."""
+    """Classifier-free guidance scale; None: the preset's (7.5 standard, 1 fast = off) or 5.0 VACE; 1 or below disables it."""
     seed: int = 0
     scheduler: SchedulerName = "default"
     strength: float = 0.8
@@ -80,10 +85,15 @@ class ShotSpec:
 
     def __post_init__(self) -> None:
         if self.backend in BACKEND_DEFAULTS:
+            if self.preset is None:
+                self.preset = default_preset() if self.backend == "animatediff" else "standard"
             defaults = BACKEND_DEFAULTS[self.backend]
+            if self.backend == "animatediff" and self.preset in PRESET_TABLE:
+                preset = PRESET_TABLE[self.preset]
+                defaults = {**defaults, "steps": preset.steps, "guidance": preset.guidance}
             self.frames = defaults["frames"] if self.frames is None else self.frames
-            self.steps = defaults["steps"] if self.steps is None else self.steps
-            self.guidance = defaults["guidance"] if self.guidance is None else self.guidance
+            self.steps = defaults.get("steps") if self.steps is None else self.steps
+            self.guidance = defaults.get("guidance") if self.guidance is None else self.guidance
         self.reference_images = tuple(str(p) for p in self.reference_images)
         self.check()
 
@@ -92,6 +102,7 @@ class ShotSpec:
         _choice("backend", self.backend, BACKENDS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("memory_mode", self.memory_mode, MEMORY_MODES)
+        _choice("preset", self.preset, PRESETS)
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("the prompt is empty: describe what the shot shows, e.g. 'a knight walking through snow'")
         check_text(self.prompt, "prompt", MAX_PROMPT_CHARS)
@@ -136,6 +147,7 @@ class ShotSpec:
             raise InputError(f"context_length must be between 8 and 32 frames (the motion module's range), got {length}")
         if not 1 <= stride <= length:
             raise InputError(f"context_stride must be between 1 and context_length ({length}), got {stride}")
+        check_preset(self)
         if self.ip_scale is not None:
             _number("ip_scale", self.ip_scale, 0.0, 2.0)
         if self.reference_images and self.backend != "vace":

@@ -18,11 +18,12 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, Validat
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
-from aas_core.concepts.timeinv import NAME_PATTERN
+from aas_core.tokens import NAME_PATTERN, TOKEN
 from aas_core.depth.clip import FIT_MODES, MAX_SPEED
 from aas_core.depth.pipeline import MAX_SMOOTHING
 from aas_core.depth.stabilize import NORMALIZE_MODES
 from aas_core.errors import InputError
+from aas_core.generate.presets import Preset
 from aas_core.limits import (
     MAX_CAPTION_CHARS, MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_STORY_BYTES, MAX_STORY_DEPTH,
     MAX_STORY_NODES, MAX_TITLE_CHARS, check_text,
@@ -34,7 +35,6 @@ MAX_SHOTS = 100
 """More shots than this is refused: at ~2 s a shot that is a 3-minute film, hours of GPU time."""
 MAX_ERRORS_SHOWN = 12
 SHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}\Z")
-TOKEN = re.compile(r"<([^<>\s]+)>")
 NON_FINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
 """Plain scalars YAML 1.1 reads as NaN/infinity (`.nan`, `.inf`) or that JSON writers emit (`NaN`, `Infinity`)."""
 
@@ -109,6 +109,10 @@ class GenerateSettings:
     guidance: Optional[float] = Field(default=None, ge=0)
     strength: Optional[float] = Field(default=None, ge=0)
     negative_prompt: Optional[str] = None
+    preset: Optional[Preset] = None
+    """Speed preset (aas_core.generate.presets): fast = few-step distilled motion model, no CFG."""
+    ip_scale: Optional[float] = Field(default=None, ge=0, le=2)
+    """Weight of instant (IP-Adapter) characters' photos in this shot; None = each character's own."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific fields of the generation engine's ShotSpec."""
 
