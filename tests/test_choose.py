@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aas_core.library import ClipHit
 from aas_core.story.choose import Need, Span, choose_clips
+from tests.helpers import ensure_tiny, moving_square_frames, write_clip
+
+MODELS = ("clip-vit-b-32", "depth-anything-v2-small", "sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15")
 
 
 def hit(path: str, start: float, end: float, score: float, width: int = 512, height: int = 512, **extra) -> dict:
@@ -69,11 +74,71 @@ def test_aspect_breaks_near_ties_and_still_footage_is_skipped():
     wide, square = hit("/lib/wide.mp4", 0, 4, 0.300, 1920, 1080), hit("/lib/square.mp4", 0, 4, 0.295, 512, 512)
     choice = choose_clips([need("s1", aspect=1.0)], {"s1": [wide, square]})
     assert choice["s1"].hit["path"] == "/lib/square.mp4" and "aspect 1.00 for a 1.00 output (same shape)" in choice["s1"].reasons
-    still, moving = hit("/lib/still.mp4", 0, 4, 0.5, motion=0.0), hit("/lib/moving.mp4", 0, 4, 0.2, motion=0.05)
+    still = hit("/lib/still.mp4", 0, 4, 0.5, motion=0.001, motion_class="still")
+    moving = hit("/lib/moving.mp4", 0, 4, 0.2, motion=0.05, motion_class="slow")
     choice = choose_clips([need("s1")], {"s1": [still, moving]})
     assert choice["s1"].hit["path"] == "/lib/moving.mp4"
     assert choice["s1"].rejected[0]["why"].startswith("still footage")
+    assert "slow motion (0.050 frame widths/s)" in choice["s1"].reasons
 
 
 def test_no_candidates_gives_no_hit():
     assert choose_clips([need("s1")], {"s1": []})["s1"].hit is None
+
+
+@pytest.fixture(scope="module")
+def library(tiny_root, tmp_path_factory):
+    """Three 3 s clips of squares indexed with tiny CLIP; returns (library folder, clips folder, weights, runtime)."""
+    from aas_core.device import pick_runtime
+    from aas_core.library import index_folder
+
+    ensure_tiny(tiny_root, *MODELS)
+    folder = tmp_path_factory.mktemp("choose")
+    for colour, direction in (("red", "right"), ("green", "down"), ("blue", "left")):
+        write_clip(folder / "clips" / f"{colour}.mp4", moving_square_frames(colour, direction, frames=24), fps=8)
+    runtime = pick_runtime("cpu")
+    index_folder(folder / "clips", library=folder / "lib", weights_root=tiny_root, runtime=runtime)
+    return folder / "lib", folder / "clips", tiny_root, runtime
+
+
+def test_a_story_over_a_real_library_gets_three_different_clips(library, tmp_path):
+    from aas_core.story.choose import AutoShot, choose_story_clips
+
+    lib, _, root, runtime = library
+    shots = [AutoShot(need(f"s{i}"), "a square moving across the frame") for i in range(3)]
+    shots.append(AutoShot(need("long", seconds=10.0), "a square moving across the frame"))
+    args = ([], str(lib), tmp_path / "run", 0.0, str(root), runtime)
+    chosen, problems = choose_story_clips(shots, *args)
+    assert problems == {}
+    # One query, three shots: three different source files, none reused.
+    assert len({chosen[f"s{i}"]["path"] for i in range(3)}) == 3
+    assert not any(chosen[f"s{i}"]["choice"]["reused"] for i in range(3))
+    assert chosen["s0"]["query"] == "a square moving across the frame"
+    # No 10 s clip exists: the best match is taken anyway, and the reason says so.
+    assert "no candidate fits" in chosen["long"]["choice"]["reasons"][0]
+    # The search ran once (one query) and is cached in the run folder.
+    assert len(list((tmp_path / "run" / "cache" / "retrieval").iterdir())) == 1
+    again, _ = choose_story_clips(shots, *args)
+    assert again == chosen
+
+
+def test_plan_story_chooses_for_all_shots_and_leaves_pinned_footage_alone(library, tmp_path):
+    from aas_core.story import parse_story, plan_story
+
+    lib, clips, root, runtime = library
+    story = parse_story(f"""
+defaults: {{generate: {{width: 64, height: 64, frames: 8, fps: 8, steps: 1}}}}
+shots:
+  - {{id: pinned, prompt: a red square, clip: {{path: {clips / 'red.mp4'}, start: 0.0}}}}
+  - {{id: one, query: a square moving across the frame, prompt: a square}}
+  - {{id: two, query: a square moving across the frame, prompt: a square}}
+""")
+    plan = plan_story(story, tmp_path / "run", tmp_path, root, lib, runtime)
+    auto = {p.id: p for p in plan.shots if p.retrieval is not None}
+    assert set(auto) == {"one", "two"}
+    paths = {p.clip.path for p in auto.values()}
+    assert len(paths) == 2 and str(clips / "red.mp4") not in paths
+    for shot in auto.values():
+        choice = shot.retrieval["choice"]
+        assert choice["reasons"][0].startswith("match ") and not choice["reused"]
+        assert any(r["why"] == "footage pinned by pinned" for r in choice["rejected"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -48,13 +49,18 @@ class Span:
     end: Optional[float]
     owner: str = ""
 
+    @property
+    def file(self) -> str:
+        """The source file as one spelling (absolute, ~ expanded), so two spellings of a path compare equal."""
+        return os.path.abspath(os.path.expanduser(self.path))
+
     def overlaps(self, other: "Span") -> bool:
         """Whether the two spans share at least MIN_OVERLAP seconds of one file."""
-        if _same_file(self.path, other.path):
-            a_end = math.inf if self.end is None else self.end
-            b_end = math.inf if other.end is None else other.end
-            return min(a_end, b_end) - max(self.start, other.start) >= MIN_OVERLAP
-        return False
+        if self.file != other.file:
+            return False
+        a_end = math.inf if self.end is None else self.end
+        b_end = math.inf if other.end is None else other.end
+        return min(a_end, b_end) - max(self.start, other.start) >= MIN_OVERLAP
 
 
 @dataclass
@@ -76,19 +82,10 @@ class Choice:
         return {"fit": round(self.fit, 4), "reasons": self.reasons, "rejected": self.rejected, "reused": self.reused}
 
 
-def _same_file(a: str, b: str) -> bool:
-    return a == b or Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
-
-
 def _as_dict(hit: Any) -> dict[str, Any]:
     if isinstance(hit, dict):
         return dict(hit)
-    data = hit.to_dict() if hasattr(hit, "to_dict") else dataclasses.asdict(hit)
-    # Motion statistics arrive on hits once the library measures them; older hits lack them.
-    for name in ("motion", "camera_motion", "subject_motion"):
-        if name not in data and getattr(hit, name, None) is not None:
-            data[name] = getattr(hit, name)
-    return data
+    return hit.to_dict() if hasattr(hit, "to_dict") else dataclasses.asdict(hit)
 
 
 def _span(hit: dict[str, Any], owner: str = "") -> Span:
@@ -105,14 +102,10 @@ def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span]) -> tuple[Op
     duration = float(hit["end"]) - float(hit["start"])
     if duration + 1e-6 < need.seconds:
         return f"too short: {duration:.2f} s for a {need.seconds:.2f} s shot", 0.0, []
-    motion = hit.get("motion")
-    label = ""
-    if motion is not None:
-        from aas_core.library.reader import motion_class
-
-        label = motion_class(float(motion))
-        if label == "still":
-            return f"still footage (motion {float(motion):.4f}): no movement to transfer", 0.0, []
+    # The library's motion class (still/slow/fast) when it measured one; hits of older libraries have none.
+    label, motion = hit.get("motion_class") or "", float(hit.get("motion") or 0.0)
+    if label == "still":
+        return f"still footage (motion {motion:.4f}): no movement to transfer", 0.0, []
     for span in pinned:
         if span.overlaps(_span(hit)):
             return f"footage pinned by {span.owner}", 0.0, []
@@ -125,7 +118,7 @@ def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span]) -> tuple[Op
         fit -= ASPECT_WEIGHT * mismatch
         reasons.append(f"aspect {aspect:.2f} for a {need.aspect:.2f} output" + (" (same shape)" if mismatch < 0.05 else ""))
     if label:
-        reasons.append(f"{label} motion ({float(motion):.3f} frame widths/s)")
+        reasons.append(f"{label} motion ({motion:.3f} frame widths/s)")
     return None, fit, reasons
 
 
@@ -145,6 +138,8 @@ def choose_clips(
         n.id: [_assess(n, h, pinned) for h in hits[n.id]] for n in needs
     }
     # 2. Greedy over all shots at once: the best remaining (shot, candidate) pair, diversity-adjusted, each round.
+    spans = {n.id: [_span(h) for h in hits[n.id]] for n in needs}
+    by_file: dict[str, list[Span]] = {}
     taken: list[Span] = []
     chosen: dict[str, tuple[int, float, list[str]]] = {}
     while True:
@@ -153,19 +148,21 @@ def choose_clips(
             if need.id in chosen:
                 continue
             for k, (why, fit, reasons) in enumerate(assessed[need.id]):
-                span = _span(hits[need.id][k])
-                if why is not None or any(t.overlaps(span) for t in taken):
+                span = spans[need.id][k]
+                same_file = by_file.get(span.file, [])
+                if why is not None or any(t.overlaps(span) for t in same_file):
                     continue
-                sharing = [t.owner for t in taken if _same_file(t.path, span.path)]
-                adjusted = fit - SAME_SOURCE_PENALTY * len(sharing)
+                adjusted = fit - SAME_SOURCE_PENALTY * len(same_file)
                 if best is None or adjusted > best[0]:
-                    extra = [f"same source file as {', '.join(sharing)}, another part of it"] if sharing else []
-                    best = (adjusted, need.id, k, reasons + extra)
+                    sharing = ", ".join(t.owner for t in same_file)
+                    best = (adjusted, need.id, k, reasons + ([f"same source file as {sharing}, another part of it"] if same_file else []))
         if best is None:
             break
         adjusted, shot_id, k, reasons = best
         chosen[shot_id] = (k, adjusted, reasons)
-        taken.append(_span(hits[shot_id][k], shot_id))
+        span = dataclasses.replace(spans[shot_id][k], owner=shot_id)
+        taken.append(span)
+        by_file.setdefault(span.file, []).append(span)
     # 3. Shots left over reuse a fitting clip (or, with none fitting, take the best match) and say so.
     out: dict[str, Choice] = {}
     for need in needs:
@@ -200,3 +197,74 @@ def choose_clips(
             choice.rejected.append(_brief(hit, why))
         out[need.id] = choice
     return out
+
+
+# --- for a story run: search every `clip: auto` shot's candidates (cached in the run folder), then choose ---
+
+
+@dataclass
+class AutoShot:
+    """A `clip: auto` shot as the runner hands it over: its id, retrieval text and needs."""
+
+    need: Need
+    query: str
+
+
+def search_candidates(
+    query: str,
+    library: Optional[str],
+    out_dir: Path,
+    min_duration: float = 0.0,
+    weights_root: Optional[str] = None,
+    runtime: Any = None,
+    k: int = CANDIDATES,
+) -> list[dict[str, Any]]:
+    """The library's top `k` hits for a query (ClipHit.to_dict() form), cached in the run folder per library state."""
+    from aas_core import library as lib
+    from aas_core.fsutil import atomic_write_json, json_digest
+    from aas_core.story.outcome import CACHE_VERSION, read_json
+
+    info = lib.library_info(library)
+    key = json_digest({"v": CACHE_VERSION, "q": query, "k": k, "lib": info.library, "created": info.created, "min": min_duration})
+    cached = out_dir / "cache" / "retrieval" / f"{key}.json"
+    data = read_json(cached)
+    if data is not None and isinstance(data.get("hits"), list):
+        return data["hits"]
+    hits = [_as_dict(h) for h in lib.search(query, k=k, library=library, min_duration=min_duration, weights_root=weights_root, runtime=runtime)]
+    atomic_write_json(cached, {"query": query, "hits": hits})
+    return hits
+
+
+def choose_story_clips(
+    shots: Sequence[AutoShot],
+    pinned: Sequence[Span],
+    library: Optional[str],
+    out_dir: Path,
+    min_duration: float = 0.0,
+    weights_root: Optional[str] = None,
+    runtime: Any = None,
+    on_progress: Any = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({shot id: the chosen hit + its query + `choice` (reasons)}, {shot id: why it has no clip})."""
+    from aas_core.errors import InputError
+    from aas_core.progress import report
+
+    candidates: dict[str, list[dict[str, Any]]] = {}
+    problems: dict[str, str] = {}
+    for i, shot in enumerate(shots):
+        report(on_progress, i / max(len(shots), 1), f"finding clips for {shot.need.id}")
+        try:
+            candidates[shot.need.id] = search_candidates(shot.query, library, out_dir, min_duration, weights_root, runtime)
+        except InputError as exc:
+            problems[shot.need.id] = f"retrieval: {exc}"
+    searched = [s for s in shots if s.need.id in candidates]
+    choices = choose_clips([s.need for s in searched], candidates, pinned)
+    chosen = {}
+    for shot in searched:
+        choice = choices[shot.need.id]
+        if choice.hit is None:
+            problems[shot.need.id] = (f"retrieval found no clip for {shot.query!r} (min length {min_duration}s); "
+                                      "index more clips or set `clip:` to a file")
+            continue
+        chosen[shot.need.id] = {**choice.hit, "query": shot.query, "choice": choice.to_dict()}
+    return chosen, problems

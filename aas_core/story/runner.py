@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from aas_core.errors import AASError, Cancelled, InputError
-from aas_core.fsutil import atomic_write_json, file_digest, json_digest
+from aas_core.fsutil import file_digest, json_digest
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import BACKEND_MODELS, DEFAULT_CLIP
 from aas_core.story.assembly import assemble
@@ -180,26 +180,6 @@ def _weights_identity(names: Sequence[str], weights_root: Optional[str]) -> dict
     return {name: {"tiny": is_tiny(name, weights_root)} for name in names}
 
 
-def _retrieve(
-    story: Story, shot: Shot, library: Optional[str], out_dir: Path, weights_root: Optional[str], runtime: Optional["Runtime"]
-) -> Optional[dict[str, Any]]:
-    """The top search hit for the shot's query, cached in the run folder per library state."""
-    from aas_core import library as lib
-    from aas_core.metrics import clip_text
-
-    query = shot.query or clip_text(shot.prompt)
-    info = lib.library_info(library)
-    key = json_digest({"v": CACHE_VERSION, "q": query, "lib": info.library, "created": info.created, "min": story.defaults.min_clip_duration})
-    cached = out_dir / "cache" / "retrieval" / f"{key}.json"
-    data = read_json(cached)
-    if data is not None:
-        return data or None
-    hits = lib.search(query, k=1, library=library, min_duration=story.defaults.min_clip_duration, weights_root=weights_root, runtime=runtime)
-    hit = {**hits[0].to_dict(), "query": query} if hits else {}
-    atomic_write_json(cached, hit)
-    return hit or None
-
-
 def plan_story(
     story: Story,
     out_dir: str | os.PathLike[str],
@@ -230,19 +210,15 @@ def plan_story(
         except (AASError, ValueError) as exc:
             problems.append(_error_at(shot, i, str(exc)))
     _raise_problems(problems)
-    # 4. Clips for `clip: auto` shots (library search, cached in the run folder), then each shot's cache key.
+    # 4. Clips for `clip: auto` shots, chosen for the whole story at once (searches cached in the run folder), then cache keys.
+    chosen, missing = _auto_clips(story, staged, lib_path, out, root, runtime, on_progress)
     plans = []
-    searches, searched = sum(1 for s in staged if s.clip == "auto"), 0
     for s in staged:
-        retrieval = None
-        if s.clip == "auto":
-            report(on_progress, searched / max(searches, 1), f"finding a clip for {s.shot.id}")
-            searched += 1
-            try:
-                retrieval = _auto_clip(story, s.shot, lib_path, out, root, runtime)
-            except InputError as exc:
-                problems.append(_error_at(s.shot, s.index, str(exc)))
-                continue
+        retrieval = chosen.get(s.shot.id)
+        if s.shot.id in missing:
+            problems.append(_error_at(s.shot, s.index, missing[s.shot.id]))
+            continue
+        if retrieval is not None:
             s.clip = ClipRef(path=retrieval["path"], start=retrieval["start"], end=retrieval["end"])
         assert isinstance(s.clip, ClipRef)
         if not Path(s.clip.path).is_file():
@@ -320,21 +296,19 @@ def _stage(story: Story, shot: Shot, index: int, aliases: dict[str, str], base: 
     return _Staged(index, shot, spec, estimator, options, weights, clip if clip is not None else "auto")
 
 
-def _auto_clip(
-    story: Story, shot: Shot, library: Optional[str], out_dir: Path, weights_root: Optional[str], runtime: Optional["Runtime"]
-) -> dict[str, Any]:
-    """The clip chosen for a `clip: auto` shot (a search hit with path, start, end), or an InputError saying why none."""
+def _auto_clips(
+    story: Story, staged: Sequence[_Staged], library: Optional[str], out_dir: Path, weights_root: Optional[str],
+    runtime: Optional["Runtime"], on_progress: Optional[ProgressFn],
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({shot id: chosen hit + query + reasons}, {shot id: why none}) for every `clip: auto` shot (aas_core.story.choose)."""
     from aas_core.metrics import clip_text
+    from aas_core.story.choose import AutoShot, Need, Span, choose_story_clips
 
-    try:
-        hit = _retrieve(story, shot, library, out_dir, weights_root, runtime)
-    except InputError as exc:
-        raise InputError(f"retrieval: {exc}") from exc
-    if hit is None:
-        query = shot.query or clip_text(shot.prompt)
-        raise InputError(f"retrieval found no clip for {query!r} (min length {story.defaults.min_clip_duration}s); "
-                         "index more clips or set `clip:` to a file")
-    return hit
+    auto = [AutoShot(Need(s.shot.id, float(s.spec.frames) / float(s.spec.fps), s.spec.width / s.spec.height),
+                     s.shot.query or clip_text(s.shot.prompt)) for s in staged if s.clip == "auto"]
+    # Pinned clips keep their footage: no automatic choice may reuse it.
+    pinned = [Span(s.clip.path, s.clip.start, s.clip.end, s.shot.id) for s in staged if isinstance(s.clip, ClipRef)]
+    return choose_story_clips(auto, pinned, library, out_dir, story.defaults.min_clip_duration, weights_root, runtime, on_progress)
 
 
 def _shot_plan(story: Story, staged: _Staged, clip: ClipRef, retrieval: Optional[dict[str, Any]], aliases: dict[str, str],
@@ -371,7 +345,7 @@ def _outcome(shot: ShotPlan, status: ShotStatus, **extra: Any) -> ShotOutcome:
         id=shot.id, status=status, key=shot.key, prompt=shot.shot.prompt, caption=shot.caption,
         transition=shot.transition, transition_duration=shot.transition_duration,
         clip={"path": shot.clip.path, "start": shot.clip.start, "end": shot.clip.end, "retrieved": shot.retrieval is not None,
-              "score": (shot.retrieval or {}).get("score")},
+              "score": (shot.retrieval or {}).get("score"), "choice": (shot.retrieval or {}).get("choice")},
         **extra,
     )
 
