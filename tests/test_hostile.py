@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -570,3 +571,90 @@ def test_cli_depth_refuses_a_read_only_out_before_estimating(tmp_path, capsys):
         code = main(["depth", str(clip), "--out", str(ro / "d"), "--weights", str(tmp_path / "none"), "--json"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 2 and out["error_type"] == "StorageError" and "read-only" in out["error"]
+
+
+# --- story runs: one writer per run folder, error.log faults, stale files -------------------------------
+
+STORY_MODELS = ("depth-anything-v2-small", "sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15")
+
+
+@pytest.fixture(scope="module")
+def story_env(tiny_root, tmp_path_factory):
+    """Tiny weights and two clips; returns (weights root, folder with clips)."""
+    from tests.helpers import ensure_tiny, moving_square_frames, write_clip
+
+    ensure_tiny(tiny_root, *STORY_MODELS)
+    folder = tmp_path_factory.mktemp("hostile_story")
+    for colour, direction in (("red", "right"), ("green", "down")):
+        write_clip(folder / f"{colour}.mp4", moving_square_frames(colour, direction, frames=16), fps=8)
+    return tiny_root, folder
+
+
+def _two_shots(folder, green: str = "green.mp4"):
+    return parse_story(
+        "defaults:\n  generate: {width: 64, height: 64, frames: 4, fps: 8, steps: 1, guidance: 0}\n"
+        "output: {title_card: false}\n"
+        f"shots:\n  - {{id: red, prompt: a red square, clip: {folder / 'red.mp4'}}}\n"
+        f"  - {{id: green, prompt: a green square, clip: {folder / green}}}\n"
+    )
+
+
+def test_a_second_run_on_the_same_folder_is_refused(story_env, tmp_path):
+    import threading
+
+    from aas_core.device import Runtime
+    from aas_core.errors import BusyError
+    from aas_core.story import run_story
+
+    root, folder = story_env
+    inside, release, outcome = threading.Event(), threading.Event(), {}
+
+    def progress(fraction, message=""):
+        if "green" in message:
+            inside.set()
+            assert release.wait(120)
+
+    def first():
+        outcome["run"] = run_story(_two_shots(folder), tmp_path / "out", weights_root=root, metrics=False,
+                                   runtime=Runtime("cpu", "float32"), on_progress=progress)
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    try:
+        assert inside.wait(180), "the first run never reached its second shot"
+        with pytest.raises(BusyError, match=rf"another story run is writing {re.escape(str(tmp_path / 'out'))}"):
+            run_story(_two_shots(folder), tmp_path / "out", weights_root=root, metrics=False, runtime=Runtime("cpu", "float32"))
+    finally:
+        release.set()
+        worker.join(300)
+    assert [s.status for s in outcome["run"].shots] == ["generated", "generated"]
+
+
+def test_unwritable_error_log_still_finishes_the_story_and_stale_files_go(story_env, tmp_path):
+    import shutil
+
+    from aas_core.device import Runtime
+    from aas_core.story import execute_plan, plan_story
+
+    root, folder = story_env
+    runtime = Runtime("cpu", "float32")
+    shutil.copy(folder / "green.mp4", tmp_path / "doomed.mp4")
+    out = tmp_path / "out"
+    story = _two_shots(folder, green=str(tmp_path / "doomed.mp4"))
+    plan = plan_story(story, out, folder, root, None, runtime)
+    (tmp_path / "doomed.mp4").unlink()  # the clip vanishes after the checks: shot 'green' fails
+    with small_disk(out / "shots" / "green", readonly=True):
+        run = execute_plan(plan, metrics=False, runtime=runtime)
+    assert [s.status for s in run.shots] == ["generated", "failed"]
+    assert "doomed.mp4" in run.shots[1].error and "error.log could not be written" in run.shots[1].error
+    assert run.video and Path(run.video).is_file()
+
+    run = execute_plan(plan, metrics=False, runtime=runtime)  # writable now: the failure is logged
+    log = out / "shots" / "green" / "error.log"
+    assert [s.status for s in run.shots] == ["cached", "failed"] and log.is_file()
+    shutil.copy(folder / "green.mp4", tmp_path / "doomed.mp4")  # fixed: the rerun succeeds
+    stray = next((out / "shots" / "red").glob("*/")) / ".comparison.mp4.abcd1234.mp4"
+    stray.write_bytes(b"half a video")
+    run = execute_plan(plan, metrics=False, runtime=runtime)
+    assert [s.status for s in run.shots] == ["cached", "generated"]
+    assert not log.exists() and not stray.exists()

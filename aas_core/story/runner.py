@@ -14,6 +14,7 @@ and editing one shot's prompt regenerates only that shot.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from aas_core.errors import AASError, Cancelled, InputError
-from aas_core.fsutil import file_digest, json_digest
+from aas_core.fsutil import atomic_write_bytes, exclusive, file_digest, json_digest, sweep_temps
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import BACKEND_MODELS, DEFAULT_CLIP
 from aas_core.story.assembly import assemble
@@ -359,6 +360,27 @@ def _write_run(plan: StoryPlan, outcomes: Sequence[ShotOutcome]) -> None:
     write_run(plan.out_dir, plan.story.title, plan.fps, dataclasses.asdict(plan.story.output), outcomes)
 
 
+RUN_LOCK = ".run.lock"
+ERROR_LOG = "error.log"
+
+
+def _one_writer(execute: Any) -> Any:
+    """Run `execute(plan, ...)` holding the run folder's lock: a second run on the folder is refused (BusyError).
+
+    Under the lock nobody else writes the folder, so leftovers of a killed run (temp files) are swept first.
+    """
+
+    @functools.wraps(execute)
+    def locked(plan: StoryPlan, *args: Any, **kwargs: Any) -> Any:
+        busy = f"another story run is writing {plan.out_dir}; wait for it to finish (or cancel it), or choose another output folder"
+        with exclusive(plan.out_dir / RUN_LOCK, busy):
+            sweep_temps(plan.out_dir)
+            return execute(plan, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def execute_plan(
     plan: StoryPlan,
     only: Optional[Sequence[str]] = None,
@@ -397,6 +419,8 @@ def execute_plan(
             raise
         except Exception as exc:  # noqa: BLE001 - one bad shot (OOM, corrupt clip, ...) must not stop the story
             outcome = _failed(plan, shot, exc)
+        if outcome.status in ("generated", "cached"):
+            (plan.out_dir / "shots" / shot.id / ERROR_LOG).unlink(missing_ok=True)  # the log of an earlier failure
         outcomes.append(outcome)
         _write_run(plan, outcomes + [_outcome(s, "skipped") for s in plan.shots[i + 1:]])
     # 3. Stitch, storyboard, reports.
@@ -418,10 +442,13 @@ def _execute_shot(plan: StoryPlan, shot: ShotPlan, only: Optional[Sequence[str]]
 
 
 def _failed(plan: StoryPlan, shot: ShotPlan, exc: BaseException) -> ShotOutcome:
-    """A failed shot's outcome; the traceback goes to shots/ID/error.log for a bug report."""
-    (plan.out_dir / "shots" / shot.id).mkdir(parents=True, exist_ok=True)
-    (plan.out_dir / "shots" / shot.id / "error.log").write_text(traceback.format_exc())
-    return _outcome(shot, "failed", error=f"{type(exc).__name__}: {exc}")
+    """A failed shot's outcome; the traceback goes to shots/ID/error.log for a bug report (when it can be written)."""
+    error = f"{type(exc).__name__}: {exc}"
+    try:
+        atomic_write_bytes(plan.out_dir / "shots" / shot.id / ERROR_LOG, traceback.format_exc().encode())
+    except OSError as log_exc:  # a full or read-only disk must not stop the other shots
+        error += f" (error.log could not be written: {log_exc})"
+    return _outcome(shot, "failed", error=error)
 
 
 def run_story(
