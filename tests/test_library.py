@@ -13,7 +13,7 @@ from aas_core.errors import Cancelled, InputError
 from aas_core.library import ReaderSettings, index_folder, library_info, list_shots, search
 from aas_core.library.reader import iter_shots, scan_folder
 from aas_core.library.store import LibraryStore
-from aas_core.library.vector_index import build_index, choose_index_type, search_index
+from aas_core.library.vector_index import choose_index_type
 from aas_core.progress import CancelToken
 from tests.helpers import SHARED_CLIPS, ensure_tiny, moving_square_frames, write_clip
 
@@ -63,6 +63,15 @@ def test_real_footage_cuts():
     assert shots[-1].end == pytest.approx(9.68, abs=0.05)
 
 
+def _stored(lib):
+    """(searchable shots, vector dimension) of a library."""
+    db = LibraryStore(lib).open_live()
+    try:
+        return db.counts()[1], db.stamp.embed_dim
+    finally:
+        db.close()
+
+
 def _make_folder(tmp_path):
     folder = tmp_path / "clips"
     (folder / "sub").mkdir(parents=True)
@@ -96,7 +105,7 @@ def test_index_is_incremental_and_skips_bad_files(tmp_path, weights):
     third = index_folder(folder, lib, weights_root=weights)
     assert (third.files_indexed, third.files_removed) == (2, 1)
     assert sorted(s["path"].split("/")[-1] for s in list_shots(lib)) == ["a.mp4", "c.mp4"]
-    assert LibraryStore(lib).load().vectors.shape == (2, 512)
+    assert _stored(lib) == (2, 512)
 
 
 def test_killed_run_keeps_previous_index_and_resumes(tmp_path, weights):
@@ -130,7 +139,7 @@ def test_another_model_is_refused(tmp_path, weights):
     with pytest.raises(InputError, match="--reindex"):
         index_folder(folder, lib, model="clip-vit-l-14", weights_root=weights)
     summary = index_folder(folder, lib, model="clip-vit-l-14", weights_root=weights, reindex=True)
-    assert summary.model == "clip-vit-l-14" and LibraryStore(lib).load().vectors.shape == (2, 768)
+    assert summary.model == "clip-vit-l-14" and _stored(lib) == (2, 768)
 
 
 def test_changed_weights_are_detected_at_search(tmp_path, weights):
@@ -145,9 +154,9 @@ def test_changed_weights_are_detected_at_search(tmp_path, weights):
     state = load_file(str(st))
     state = {k: v + 0.01 * torch.ones_like(v) for k, v in state.items()}
     save_file(state, str(st))
-    from aas_core.library import embed
+    from aas_core import models
 
-    embed._CACHE.clear()
+    models.release("clip-vit-b-32")
     with pytest.raises(InputError, match="re-index"):
         search("a square", library=tmp_path / "lib", weights_root=other)
 
@@ -167,17 +176,12 @@ def test_search_errors(tmp_path, weights):
         scan_folder(tmp_path / "missing")
 
 
-def test_vector_index_choice_and_ivf_recall():
-    assert choose_index_type(1000) == "flat" and choose_index_type(10**6) == "ivf"
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(50, 32))
-    data = centres[rng.integers(0, 50, 20000)] + 0.3 * rng.normal(size=(20000, 32))
-    data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
-    queries = data[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)
-    _, exact = search_index(build_index(data, "flat"), queries, 10)
-    _, approx = search_index(build_index(data, "ivf"), queries, 10)
-    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
-    assert recall >= 0.95
+def test_vector_index_choice_under_a_memory_budget():
+    gb = 1 << 30
+    assert choose_index_type(1000) == "exact"
+    assert choose_index_type(10**6, 512, 8 * gb) == "ivf-flat"
+    assert choose_index_type(10**7, 512, 8 * gb) == "ivf-sq8"
+    assert choose_index_type(10**7, 512, 2 * gb) == "ivf-pq"
 
 
 def test_cli_index_search_info_list_json(tmp_path, weights, capsys):
@@ -269,3 +273,90 @@ def test_trained_clip_ranks_the_matching_clip_first(tmp_path, trained_clip_weigh
             assert hits[0].score > hits[1].score
     by_image = search(image=_scene("blue", "bottom", 40), k=1, library=lib, weights_root=trained_clip_weights)
     assert by_image[0].path.endswith("blue_bottom.mp4")
+
+
+# --- captions and motion in the ranking -----------------------------------------------------------
+
+
+def _texture(width: int = 160, height: int = 64) -> np.ndarray:
+    """A smooth, non-repeating pattern: optical flow can follow it when it moves."""
+    x = np.arange(width)[None, :]
+    y = np.arange(height)[:, None]
+    base = 120 + 50 * np.sin(x / 7.0) * np.cos(y / 5.0) + 40 * np.sin((x + 2 * y) / 11.0)
+    return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _motion_folder(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    texture = _texture()
+    write_clip(folder / "still.mp4", np.stack([texture[:, :96]] * 16), fps=8)
+    write_clip(folder / "pan.mp4", np.stack([texture[:, 4 * i : 4 * i + 96] for i in range(16)]), fps=8)
+    write_clip(folder / "square.mp4", moving_square_frames("red", "right", frames=16), fps=8)
+    return folder
+
+
+def test_motion_statistics_filter_and_show_in_hits(tmp_path, weights):
+    folder = _motion_folder(tmp_path)
+    lib = tmp_path / "lib"
+    index_folder(folder, lib, weights_root=weights)
+    hits = {h.path.split("/")[-1]: h for h in search("anything", k=3, library=lib, weights_root=weights)}
+    assert hits["still.mp4"].motion_class == "still" and hits["pan.mp4"].motion_class == "fast"
+    assert hits["pan.mp4"].camera_ratio > 0.6 > hits["square.mp4"].camera_ratio
+    assert hits["still.mp4"].motion < hits["square.mp4"].motion < hits["pan.mp4"].motion
+    assert [h.path.split("/")[-1] for h in search("x", k=3, library=lib, weights_root=weights, motion="still")] == ["still.mp4"]
+    assert [h.path.split("/")[-1] for h in search("x", k=3, library=lib, weights_root=weights, motion="fast")] == ["pan.mp4"]
+    with pytest.raises(InputError, match="motion must be"):
+        search("x", library=lib, weights_root=weights, motion="warp")
+
+
+def test_caption_words_rank_their_clip_first_and_urls_fetch_on_demand(tmp_path, weights, capsys):
+    folder = _motion_folder(tmp_path)
+    lib = tmp_path / "lib"
+    index_folder(folder, lib, weights_root=weights)
+    clip_only = [h.path for h in search("a dog on the beach", k=3, library=lib, weights_root=weights)]
+    csv = folder / "captions.csv"
+    csv.write_text(
+        "path,caption,start,end\n"
+        "still.mp4,a quiet lake at dawn,,\n"
+        "pan.mp4,a dog runs on the beach,0,2\n"
+        "square.mp4,a red toy slides,,\n"
+        "http://127.0.0.1:9/giraffe.mp4,a giraffe eats leaves,0,4\n"
+        "square.mp4,,,\n"
+    )
+    assert main(["library", "import-captions", str(csv), "--library", str(lib), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["added"], report["bad_rows"]) == (4, 1)
+    for words, expected in (("beach", "pan.mp4"), ("lake", "still.mp4"), ("toy", "square.mp4")):
+        hits = search(f"a {words} scene", k=3, library=lib, weights_root=weights)
+        assert hits[0].path.endswith(expected) and words in hits[0].caption, (words, [h.path for h in hits])
+    # The word lifts the captioned clip above whatever CLIP alone ranked first.
+    beach_last = search("a dog on the beach", k=3, library=lib, weights_root=weights, caption_weight=0)
+    assert [h.path for h in beach_last] == clip_only
+    remote = search("giraffe", k=3, library=lib, weights_root=weights)[0]
+    assert remote.remote and remote.path.startswith("http://") and remote.thumbnail == ""
+    from aas_core.library import fetch_remote
+
+    with pytest.raises(InputError, match="offline"):
+        fetch_remote(remote, lib, timeout=2)
+    assert library_info(lib).captions == 4
+
+
+def test_captions_fetch_from_a_server_once(tmp_path):
+    import http.server
+    import threading
+
+    from aas_core.library import fetch_remote
+
+    (tmp_path / "clip.mp4").write_bytes(b"not really a video")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        local = fetch_remote(url, tmp_path / "lib")
+        assert open(local, "rb").read() == b"not really a video"
+        (tmp_path / "clip.mp4").unlink()
+        assert fetch_remote(url, tmp_path / "lib") == local  # cached: the server is not asked again
+    finally:
+        server.shutdown()

@@ -148,14 +148,14 @@ def test_killed_reindex_keeps_the_live_thumbnails(tmp_path, weights):
 
 
 def test_truncated_clip_weights_say_redownload(tmp_path):
-    from aas_core.library import embed
+    from aas_core import models
 
     root = ensure_tiny(tmp_path / "w", "clip-vit-b-32")
     folder = _two_clips(tmp_path / "clips")
     index_folder(folder, tmp_path / "lib", weights_root=root)
     st = root / "clip-vit-b-32" / "open_clip_model.safetensors"
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
-    embed._CACHE.clear()
+    models.release("clip-vit-b-32")
     message = "python -m aas_core weights download clip-vit-b-32 --force"
     with pytest.raises(WeightsCorruptError, match=message):
         search("a square", library=tmp_path / "lib", weights_root=root)

@@ -1,59 +1,79 @@
-"""Clip library: index a folder of stock footage (reader -> embedder -> writer) and search it by text or image."""
+"""Clip library: index a folder of stock footage (reader -> embedder -> writer) and search it by text, image,
+caption words and motion."""
 
 from __future__ import annotations
 
-import io
 import os
-import queue
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
 from aas_core.device import Runtime
-from aas_core.errors import AASError, InputError
+from aas_core.errors import InputError
+from aas_core.library.captions import caption_candidates, fetch_remote, import_captions
+from aas_core.library.indexer import run_in_process
+from aas_core.library.reader import MOTION_CLASSES, FoundFile, ReaderSettings, motion_class, scan_folder
+from aas_core.library.store import LibraryDB, LibraryStore, ModelStamp, default_library, path_bytes
+from aas_core.library.vector_index import IndexType, parse_memory
 from aas_core.limits import MAX_QUERY_CHARS, check_text
-from aas_core.library.reader import FoundFile, ReaderSettings, SampledShot, iter_shots, scan_folder
-from aas_core.library.store import Generation, LibraryStore, ModelStamp, default_library, file_key
-from aas_core.library.vector_index import IndexType, search_index
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import DEFAULT_CLIP, names_of_kind
-from aas_core.video_io import probe
 
 CLIP_MODELS: tuple[str, ...] = names_of_kind("clip")
-EMBED_BATCH = 64
-"""Frames per embedder call while indexing: large enough to keep a GPU busy, small enough for a CPU."""
-MIN_EAGER_BATCH = 8
-"""Smallest batch embedded early, while the reader is still decoding."""
+Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = ("local", "ray")
+MotionClass = Literal["still", "slow", "fast"]
+RRF_K = 60
+"""Reciprocal-rank-fusion constant (the usual 60): damps the difference between the first few ranks."""
 
 __all__ = [
     "CLIP_MODELS",
+    "ENGINES",
+    "MOTION_CLASSES",
     "ClipHit",
     "IndexSummary",
     "LibraryInfo",
     "ReaderSettings",
+    "compact",
     "default_library",
+    "fetch_remote",
+    "import_captions",
     "index_folder",
     "library_info",
+    "list_shots",
     "search",
 ]
 
 
 @dataclass(frozen=True)
 class ClipHit:
-    """One search result: a shot of a source clip and how well it matches."""
+    """One search result: a shot of a source clip, how well it matches and how it moves."""
 
     path: str
     start: float
     end: float
     score: float
+    """The ranking score: cosine similarity, or the fused score when captions took part."""
     thumbnail: str
     fps: float
     width: int
     height: int
     rank: int = 0
+    shot_id: int = 0
+    clip_score: Optional[float] = None
+    caption_score: Optional[float] = None
+    """BM25 of the best matching caption (higher is better); None when no caption matched."""
+    caption: str = ""
+    motion: float = 0.0
+    """Mean optical flow, in frame widths per second."""
+    camera_ratio: float = 0.0
+    """Share of the motion that is the camera's (0 = subject only, 1 = camera only)."""
+    motion_class: str = ""
+    remote: bool = False
+    """A captioned URL not fetched yet: `fetch_remote(hit)` downloads it when the hit is used."""
 
     @property
     def duration(self) -> float:
@@ -79,6 +99,7 @@ class IndexSummary:
     shots: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Files skipped in this folder, with the reason."""
+    engine: str = "local"
 
 
 @dataclass
@@ -94,71 +115,33 @@ class LibraryInfo:
     skipped: list[dict[str, str]]
     roots: list[str]
     created: str
+    captions: int = 0
+    dead: int = 0
+    """Vectors of removed files still in the index (dropped by `compact`)."""
 
 
-def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    from PIL import Image
+class _Writer:
+    """The writer stage: one transaction per finished file; counts the skips of this run."""
 
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+    def __init__(self, db: LibraryDB) -> None:
+        self.db = db
+        self.skipped: list[dict[str, str]] = []
+        self.lock = threading.Lock()
 
+    def file_done(self, found: FoundFile, shots: list[dict[str, Any]], vectors: np.ndarray, thumbs: list[bytes], info: dict) -> None:
+        """Store one indexed file (pending until publish)."""
+        with self.lock:
+            self.db.add_file(found, shots, vectors, thumbs, info)
 
-_END = object()
-
-
-def _reader_thread(files: list[FoundFile], settings: ReaderSettings, out: "queue.Queue", stop: threading.Event) -> None:
-    """Decode and split files ahead of the embedder so decoding overlaps with embedding.
-
-    Any failure inside one file (a decoder assertion, a codec quirk) becomes that file's skip reason;
-    the end marker is always sent, so the main loop never waits on a dead reader.
-    """
-    try:
-        for found in files:
-            if stop.is_set():
-                break
-            try:
-                info = probe(found.path)
-                for shot in iter_shots(found.path, settings, info, stop=stop.is_set):
-                    if stop.is_set():
-                        break
-                    jpeg = _encode_jpeg(shot.thumbnail)
-                    shot.thumbnail = None
-                    _put(out, ("shot", found, (shot, jpeg)), stop)
-                _put(out, ("done", found, info), stop)
-            except Exception as exc:  # third-party decoders raise anything (AssertionError from PySceneDetect)
-                _put(out, ("error", found, _reason(exc)), stop)
-    finally:
-        _put(out, (_END, None, None), stop)
+    def file_skipped(self, found: FoundFile, reason: str) -> None:
+        """Store one skipped file with its reason."""
+        with self.lock:
+            self.db.add_skip(found, reason)
+            self.skipped.append({"path": str(found.path), "reason": reason})
 
 
-def _reason(exc: BaseException) -> str:
-    """A skip reason for a file: our own messages as they are, anything else with its type."""
-    if isinstance(exc, AASError):
-        return str(exc)
-    return f"could not be read ({type(exc).__name__}: {exc})" if str(exc) else f"could not be read ({type(exc).__name__})"
-
-
-def _put(out: "queue.Queue", item: tuple, stop: threading.Event) -> None:
-    """Put on a bounded queue without blocking forever once the consumer has stopped."""
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _next_item(q: "queue.Queue", reader: threading.Thread, cancel: Optional[CancelToken]) -> tuple:
-    """The next reader item, honouring cancellation while waiting; a reader that died unannounced ends the run."""
-    while True:
-        if cancel is not None:
-            cancel.check()
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if not reader.is_alive() and q.empty():
-                raise AASError("the reader stage stopped unexpectedly; finished files were kept, run the same command again")
+def _resolve_budget(memory_budget: Optional[str | int | float]) -> Optional[int]:
+    return None if memory_budget is None else parse_memory(memory_budget)
 
 
 def index_folder(
@@ -172,150 +155,178 @@ def index_folder(
     index_type: Optional[IndexType] = None,
     on_progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
+    memory_budget: Optional[str | int | float] = None,
+    engine: Engine = "local",
+    ray_address: Optional[str] = None,
+    workers: Optional[int] = None,
 ) -> IndexSummary:
-    """Index every video under `folder` into `library`: new or changed files only; removed ones dropped."""
+    """Index every video under `folder` into `library`: new or changed files only; removed ones dropped.
+
+    Steps: 1. check settings and scan; 2. open (or start) the generation to write; 3. plan which files to
+    read; 4. run an engine (in process or Ray Data) into the writer; 5. publish (index add or compact).
+    """
     from aas_core.library.embed import ClipEmbedder
 
     settings.validate()
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    budget = _resolve_budget(memory_budget)
     store = LibraryStore(library)
     folder = Path(folder).expanduser().absolute()
     found = scan_folder(folder)
     with store.writer_lock():
-        manifest = store.read_manifest()
-        if manifest is not None and not reindex:
-            built_with = manifest["model"]["name"]
-            if model is not None and model != built_with:
+        # 2. the generation to write: the live one, or a new one for --reindex / an empty library.
+        live = store.open_live()
+        live_stamp = live.stamp if live is not None else None
+        if live_stamp is not None and not reindex:
+            if model is not None and model != live_stamp.name:
                 raise InputError(
-                    f"the library at {store.path} was built with {built_with}, not {model}; "
+                    f"the library at {store.path} was built with {live_stamp.name}, not {model}; "
                     f"re-index it with --reindex (or use another --library folder)"
                 )
-            model = built_with
+            model = live_stamp.name
         embedder = ClipEmbedder.load(model or DEFAULT_CLIP, weights_root, runtime)
         stamp = ModelStamp(embedder.name, embedder.fingerprint, embedder.embed_dim, embedder.tiny)
-        if manifest is not None and not reindex and manifest["model"]["fingerprint"] != stamp.fingerprint:
+        if live_stamp is not None and not reindex and live_stamp.fingerprint != stamp.fingerprint:
             raise InputError(
                 f"the weights of {stamp.name} changed since {store.path} was indexed; "
                 "vectors from two models cannot be mixed: re-index with --reindex"
             )
-        if reindex:
-            store.wipe()
-
-        present_keys = {file_key(f.path) for f in found}
-        removed = 0
-        for key in store.shard_keys():
-            record_path = Path(store.read_record(key)["path"])
-            if key not in present_keys and folder in record_path.parents:
-                store.drop_shard(key)
-                removed += 1
-
-        todo, reused, skipped = [], 0, []
-        for f in found:
-            record = store.shard_record(f)
-            if f.skip_reason:
-                if record is None:
-                    store.write_skip(f, stamp, f.skip_reason)
-                skipped.append({"path": str(f.path), "reason": f.skip_reason})
-                continue
-            if record is not None and record["model"]["fingerprint"] == stamp.fingerprint:
-                reused += 1
-                if record["status"] == "skipped":
-                    skipped.append({"path": str(f.path), "reason": record["reason"]})
-                continue
-            todo.append(f)
-
-        # Crop once at the embedder's input size so it never resizes again.
-        settings = replace(settings, crop_size=embedder.image_size)
-        q: "queue.Queue" = queue.Queue(maxsize=8)
-        stop = threading.Event()
-        reader = threading.Thread(target=_reader_thread, args=(todo, settings, q, stop), daemon=True)
-        reader.start()
-        # Shots wait here until enough frames gather for one embedder batch; crops are dropped once embedded.
-        waiting: list[tuple[SampledShot, list]] = []
-        embedded: dict[Path, list[tuple[SampledShot, bytes, np.ndarray]]] = {}
-
-        def flush() -> None:
-            frames = [crop for shot, _ in waiting for crop in shot.crops]
-            vectors = embedder.embed_images(frames, batch_size=EMBED_BATCH)
-            offset = 0
-            for shot, slot in waiting:
-                mean = vectors[offset : offset + len(shot.crops)].mean(axis=0)
-                offset += len(shot.crops)
-                slot.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-                shot.crops = []
-            waiting.clear()
-
-        done = 0
-        report(on_progress, 0.0, f"{len(todo)} to index, {reused} unchanged")
+        if live is not None and not reindex:
+            db = live
+            if live_stamp is None:
+                db.init_meta(stamp)
+        else:
+            if live is not None:
+                live.close()
+            db = store.building(stamp) if live is not None else store.create_first(stamp)
         try:
-            while True:
-                kind, f, payload = _next_item(q, reader, cancel)
-                if kind is _END:
-                    break
-                if kind == "shot":
-                    shot, jpeg = payload
-                    slot: list = []
-                    waiting.append((shot, slot))
-                    embedded.setdefault(f.path, []).append((shot, jpeg, slot))
-                    # Embed a full batch, or whatever is ready when the reader has nothing more yet,
-                    # so the embedder never idles while the reader decodes.
-                    ready = sum(len(s.crops) for s, _ in waiting)
-                    if ready >= EMBED_BATCH or (q.empty() and ready >= MIN_EAGER_BATCH):
-                        flush()
-                    continue
-                flush()
-                shots = embedded.pop(f.path, [])
-                if kind == "error":
-                    store.write_skip(f, stamp, payload)
-                    skipped.append({"path": str(f.path), "reason": payload})
-                elif not shots:
-                    reason = "no shot long enough to use (shorter than the minimum shot length)"
-                    store.write_skip(f, stamp, reason)
-                    skipped.append({"path": str(f.path), "reason": reason})
+            db.remove_leftovers()
+            # 3. plan: removed files dropped, unchanged ones reused, the rest read.
+            removed = db.remove_missing(folder, {path_bytes(f.path) for f in found})
+            writer = _Writer(db)
+            todo, reused, skipped = [], 0, []
+            for f in found:
+                record = db.file_record(f)
+                if f.skip_reason:
+                    if record is None:
+                        db.add_skip(f, f.skip_reason)
+                    skipped.append({"path": str(f.path), "reason": f.skip_reason})
+                elif record is not None:
+                    reused += 1
+                    if record["status"] == "skipped":
+                        skipped.append({"path": str(f.path), "reason": record["reason"]})
                 else:
-                    info = payload
-                    meta = [
-                        {"start": round(s.start, 4), "end": round(s.end, 4), "fps": info.fps, "width": info.width,
-                         "height": info.height, "frames_sampled": s.frames_sampled,
-                         "motion": round(s.motion.motion, 5), "camera_motion": round(s.motion.camera, 5),
-                         "subject_motion": round(s.motion.subject, 5)}
-                        for s, _, _ in shots
-                    ]
-                    store.write_shard(f, stamp, meta, np.stack([slot[0] for _, _, slot in shots]), [jpeg for _, jpeg, _ in shots],
-                                      {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height})
-                done += 1
-                report(on_progress, done / max(len(todo), 1) * 0.95, f"{done}/{len(todo)} {f.path.name}")
+                    todo.append(f)
+            # 4. the engine; crops are cut once at the embedder's input size so it never resizes again.
+            settings = replace(settings, crop_size=embedder.image_size)
+            report(on_progress, 0.0, f"{len(todo)} to index, {reused} unchanged")
+            if engine == "ray" and todo:
+                from aas_core.library.ray_engine import run_ray
+
+                run_ray(todo, settings, stamp.name, weights_root, runtime, writer, ray_address, workers, on_progress, cancel)
+            elif todo:
+                run_in_process(todo, settings, embedder, writer, on_progress, cancel)
+            skipped += writer.skipped
+            # 5. publish: new vectors become searchable in one transaction.
+            report(on_progress, 0.96, "updating the vector index")
+            db.set_meta("roots", sorted(set(db.get_meta("roots", [])) | {str(folder)}))
+            summary = db.publish(index_type, budget)
+            if db is not live:
+                store.make_live(db)
+            report(on_progress, 1.0, f"{summary['shots']} shots in {summary['files']} files")
         finally:
-            stop.set()
-            # The reader sees `stop` at its next frame or put, and ends with us.
-            reader.join()
-        report(on_progress, 0.96, "building the vector index")
-        roots = (manifest or {}).get("roots", []) if not reindex else []
-        new_manifest = store.commit(stamp, roots + [str(folder)], index_type)
-        report(on_progress, 1.0, f"{new_manifest['shots']} shots in {new_manifest['files']} files")
+            db.close()
+    _forget(store)
     return IndexSummary(
         library=str(store.path),
         model=stamp.name,
-        index_type=new_manifest["index_type"],
+        index_type=summary["index_type"],
         files_seen=len(found),
         files_indexed=len(todo),
         files_reused=reused,
         files_removed=removed,
-        shots=new_manifest["shots"],
+        shots=summary["shots"],
         skipped=skipped,
+        engine=engine,
     )
 
 
-_LOADED: dict[tuple[str, str], Generation] = {}
+def compact(
+    library: Optional[str | os.PathLike[str]] = None,
+    memory_budget: Optional[str | int | float] = None,
+    index_type: Optional[IndexType] = None,
+) -> LibraryInfo:
+    """Retrain the vector index on the live vectors (dropping removed files' ones), its kind chosen under the budget."""
+    store = LibraryStore(library)
+    with store.writer_lock():
+        db = store.open_live()
+        if db is None:
+            raise InputError(f"no clip library at {store.path}; build one with: python -m aas_core library index FOLDER --library {store.path}")
+        try:
+            db.remove_leftovers()
+            db.compact(index_type, _resolve_budget(memory_budget))
+        finally:
+            db.close()
+    _forget(store)
+    return library_info(library)
 
 
-def _load_generation(store: LibraryStore) -> Generation:
-    """The live generation, loaded once per (library, generation)."""
-    name = store.current_name() or ""
+_OPEN: dict[tuple[str, str], LibraryDB] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_generation(store: LibraryStore) -> LibraryDB:
+    """The live generation, opened once per (library, generation) and refreshed cheaply after each publish."""
+    name = store.current_name()
+    if name is None:
+        raise InputError(f"no clip library at {store.path}; build one with: python -m aas_core library index FOLDER --library {store.path}")
     key = (str(store.path), name)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = store.load()
-    return _LOADED[key]
+    with _OPEN_LOCK:
+        db = _OPEN.get(key)
+        if db is None:
+            for old_key in [k for k in _OPEN if k[0] == key[0]]:
+                _OPEN.pop(old_key).close()
+            db = store.open_live()
+            if db is None:
+                raise InputError(f"no clip library at {store.path}")
+            _OPEN[key] = db
+    return db
+
+
+def _forget(store: LibraryStore) -> None:
+    """Drop this process's open handles of a library (after this process wrote it)."""
+    with _OPEN_LOCK:
+        for key in [k for k in _OPEN if k[0] == str(store.path)]:
+            _OPEN.pop(key).close()
+
+
+def _query_vector(db: LibraryDB, query: str, image: Any, vector: Any, weights_root: Any, runtime: Optional[Runtime]) -> np.ndarray:
+    """The query as a unit vector: given directly, or embedded by the library's own CLIP model."""
+    from aas_core.library.embed import ClipEmbedder
+
+    stamp = db.stamp
+    if vector is not None:
+        vector = np.asarray(vector, np.float32).reshape(-1)
+        if stamp is not None and vector.shape[0] != stamp.embed_dim:
+            raise InputError(f"the query vector has {vector.shape[0]} dimensions; this library's vectors have {stamp.embed_dim}")
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+    embedder = ClipEmbedder.load(stamp.name, weights_root, runtime)
+    if embedder.fingerprint != stamp.fingerprint:
+        raise InputError(
+            f"the library at {db.folder.parent} was indexed with other {stamp.name} weights than the ones in the weights folder; "
+            "re-index it with: python -m aas_core library index FOLDER --reindex"
+        )
+    if image is not None:
+        pixels = image if isinstance(image, np.ndarray) else _read_image(image)
+        return embedder.embed_images([pixels])[0]
+    return embedder.embed_texts([query.strip()])[0]
+
+
+def _passes(shot: dict[str, Any], min_duration: float, motion: Optional[str]) -> bool:
+    if shot["end"] - shot["start"] + 1e-6 < min_duration:
+        return False
+    return motion is None or motion_class(shot.get("motion") or 0.0) == motion
 
 
 def search(
@@ -326,52 +337,102 @@ def search(
     min_duration: float = 0.0,
     weights_root: Optional[str | os.PathLike[str]] = None,
     runtime: Optional[Runtime] = None,
+    motion: Optional[MotionClass] = None,
+    caption_weight: float = 1.0,
+    vector: Optional[np.ndarray] = None,
 ) -> list[ClipHit]:
-    """Rank the library's shots against a text query or an example image (cosine similarity)."""
-    from aas_core.library.embed import ClipEmbedder
-
+    """Rank the library's shots against a text query, an example image or a vector (cosine similarity),
+    fused with caption matches (reciprocal rank fusion, `caption_weight`) and filtered by duration and motion."""
     query = check_text(query, "the search text", MAX_QUERY_CHARS)
-    if not query.strip() and image is None:
+    if not query.strip() and image is None and vector is None:
         raise InputError("type what happens in the shot (e.g. 'a man walks a dog in a park') or give an example image")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     if min_duration < 0:
         raise InputError(f"min_duration must be >= 0 seconds, got {min_duration}")
-    store = LibraryStore(library)
-    generation = _load_generation(store)
-    if not generation.shots:
-        raise InputError(f"the library at {store.path} holds no shots yet; index a folder of clips first")
-    stamp = generation.stamp
-    embedder = ClipEmbedder.load(stamp.name, weights_root, runtime)
-    if embedder.fingerprint != stamp.fingerprint:
-        raise InputError(
-            f"the library at {store.path} was indexed with other {stamp.name} weights than the ones in the weights folder; "
-            "re-index it with: python -m aas_core library index FOLDER --reindex"
-        )
-    if image is not None:
-        pixels = image if isinstance(image, np.ndarray) else _read_image(image)
-        vector = embedder.embed_images([pixels])
-    else:
-        vector = embedder.embed_texts([query.strip()])
-    total = len(generation.shots)
-    want = min(total, k if min_duration <= 0 else max(4 * k, 64))
-    while True:
-        scores, ids = search_index(generation.index, vector, want)
-        hits = []
-        for score, idx in zip(scores[0], ids[0]):
-            if idx < 0:
+    if motion is not None and motion not in MOTION_CLASSES:
+        raise InputError(f"motion must be one of {', '.join(MOTION_CLASSES)}, got {motion!r}")
+    if not caption_weight >= 0:
+        raise InputError(f"caption_weight must be >= 0, got {caption_weight}")
+    db = _open_generation(LibraryStore(library))
+    db.refresh()
+    has_vectors = db.stored_vectors() > 0
+    use_captions = bool(query.strip()) and image is None and vector is None and caption_weight > 0
+    captions = caption_candidates(db, query, max(50, 4 * k)) if use_captions else []
+    if not has_vectors and not captions:
+        if db.summary()["captions"] and use_captions:
+            return []
+        raise InputError(f"the library at {db.folder.parent} holds no shots yet; index a folder of clips first")
+    qvec = _query_vector(db, query, image, vector, weights_root, runtime) if has_vectors else None
+    filtered = min_duration > 0 or motion is not None
+    # 1. CLIP candidates: fetch more until k pass the filters (or the whole library was seen).
+    clip: list[tuple[dict[str, Any], float]] = []
+    if qvec is not None:
+        total = db.stored_vectors()
+        want = min(total, k if not filtered and not captions else max(4 * k, 64))
+        while True:
+            scores, ids = db.search_vectors(qvec, want)
+            shots = db.shots(ids)
+            clip = [(shots[int(i)], float(s)) for s, i in zip(scores, ids) if int(i) in shots and _passes(shots[int(i)], min_duration, motion)]
+            if len(clip) >= k or want >= total:
+                break
+            want = min(total, want * 4)
+    if not captions:
+        return [_hit(db, shot, score, rank + 1, clip_score=score) for rank, (shot, score) in enumerate(clip[:k])]
+    # 2. fuse with caption matches: every candidate gets both ranks (its CLIP score read from the stored vectors).
+    return _fuse(db, clip, captions, qvec, k, caption_weight, min_duration, motion)
+
+
+def _fuse(db: LibraryDB, clip: list, captions: list, qvec: Optional[np.ndarray], k: int, caption_weight: float,
+          min_duration: float, motion: Optional[str]) -> list[ClipHit]:
+    """Reciprocal rank fusion of CLIP similarity and caption BM25 over the union of both candidate lists."""
+    cands: dict[Any, dict[str, Any]] = {}
+    for shot, score in clip:
+        cands[shot["id"]] = {"shot": shot, "clip": score}
+    missing = [c["shot_id"] for c in captions if c["shot_id"] is not None and c["shot_id"] not in cands]
+    if missing and qvec is not None:
+        found, vectors = db.vectors_of(np.asarray(missing, np.int64))
+        extra = db.shots(missing)
+        for sid, ok, vec in zip(missing, found, vectors):
+            if ok and sid in extra and _passes(extra[sid], min_duration, motion):
+                cands[sid] = {"shot": extra[sid], "clip": float(vec @ qvec)}
+    for c in captions:
+        key = c["shot_id"] if c["shot_id"] is not None else ("remote", c["caption_id"])
+        if c["shot_id"] is None:
+            # A captioned URL: its motion is unknown until fetched and indexed, so a motion filter excludes it.
+            remote = {"id": 0, "path": c["path"], "start": c["start"] or 0.0, "end": c["end"] or 0.0, "fps": 0.0, "width": 0,
+                      "height": 0, "motion": 0.0, "camera_motion": 0.0, "subject_motion": 0.0}
+            if motion is not None or (min_duration > 0 and not _passes(remote, min_duration, None)):
                 continue
-            shot = generation.shots[idx]
-            if shot["end"] - shot["start"] + 1e-6 < min_duration:
-                continue
-            hits.append(ClipHit(path=shot["path"], start=shot["start"], end=shot["end"], score=round(float(score), 5),
-                                thumbnail=shot.get("thumbnail", ""), fps=shot["fps"], width=shot["width"],
-                                height=shot["height"], rank=len(hits) + 1))
-            if len(hits) == k:
-                return hits
-        if want >= total:
-            return hits
-        want = min(total, want * 4)
+            cands.setdefault(key, {"shot": remote, "clip": None, "remote": True})
+        if key in cands and "bm25" not in cands[key]:
+            cands[key].update(bm25=c["bm25"], caption=c["caption"])
+    by_clip = sorted((key for key, c in cands.items() if c["clip"] is not None), key=lambda key: -cands[key]["clip"])
+    by_caption = sorted((key for key, c in cands.items() if "bm25" in c), key=lambda key: -cands[key]["bm25"])
+    fused = {key: 0.0 for key in cands}
+    for rank, key in enumerate(by_clip):
+        fused[key] += 1.0 / (RRF_K + rank + 1)
+    for rank, key in enumerate(by_caption):
+        fused[key] += caption_weight / (RRF_K + rank + 1)
+    # Ties (a caption-only URL against CLIP's first) go to the caption match: the query named its words.
+    order = sorted(cands, key=lambda key: (-round(fused[key], 9), -cands[key].get("bm25", 0.0), -(cands[key]["clip"] or -2.0)))[:k]
+    return [_hit(db, cands[key]["shot"], fused[key], rank + 1, clip_score=cands[key]["clip"], caption_score=cands[key].get("bm25"),
+                 caption=cands[key].get("caption", ""), remote=cands[key].get("remote", False)) for rank, key in enumerate(order)]
+
+
+def _hit(db: LibraryDB, shot: dict[str, Any], score: float, rank: int, clip_score: Optional[float] = None,
+         caption_score: Optional[float] = None, caption: str = "", remote: bool = False) -> ClipHit:
+    camera, subject = shot.get("camera_motion") or 0.0, shot.get("subject_motion") or 0.0
+    mean = shot.get("motion") or 0.0
+    return ClipHit(
+        path=shot["path"], start=shot["start"], end=shot["end"], score=round(float(score), 5),
+        thumbnail="" if remote else db.thumbnail_path(shot["id"]), fps=shot["fps"] or 0.0, width=shot["width"] or 0,
+        height=shot["height"] or 0, rank=rank, shot_id=int(shot["id"]),
+        clip_score=None if clip_score is None else round(float(clip_score), 5),
+        caption_score=None if caption_score is None else round(float(caption_score), 4), caption=caption,
+        motion=round(mean, 5), camera_ratio=round(camera / (camera + subject), 3) if camera + subject > 1e-9 else 0.0,
+        motion_class="" if remote else motion_class(mean), remote=remote,
+    )
 
 
 def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -388,7 +449,7 @@ def library_info(library: Optional[str | os.PathLike[str]] = None) -> LibraryInf
     """Counts, model, index type and skipped files of a library."""
     store = LibraryStore(library)
     manifest = store.read_manifest()
-    if manifest is None:
+    if manifest is None or manifest["model"] is None:
         raise InputError(f"no clip library at {store.path}; build one with: python -m aas_core library index FOLDER --library {store.path}")
     return LibraryInfo(
         library=str(store.path),
@@ -400,9 +461,17 @@ def library_info(library: Optional[str | os.PathLike[str]] = None) -> LibraryInf
         skipped=manifest["skipped"],
         roots=manifest["roots"],
         created=manifest["created"],
+        captions=manifest["captions"],
+        dead=manifest["dead"],
     )
 
 
-def list_shots(library: Optional[str | os.PathLike[str]] = None) -> list[dict[str, Any]]:
-    """Every indexed shot (path, span, size, thumbnail), in index order."""
-    return list(_load_generation(LibraryStore(library)).shots)
+def list_shots(library: Optional[str | os.PathLike[str]] = None, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """Indexed shots (path, span, size, motion), in index order; `limit` caps how many (read lazily)."""
+    db = _open_generation(LibraryStore(library))
+    out = []
+    for shot in db.iter_shots():
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(shot)
+    return out

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from aas_core import models
 from aas_core.device import Runtime, pick_runtime
 from aas_core.errors import WeightsCorruptError
 from aas_core.registry import DEFAULT_CLIP, get_spec
 from aas_core.weights import is_tiny, model_dir
-
-_CACHE: dict[tuple, "ClipEmbedder"] = {}
-_CACHE_LOCK = threading.Lock()
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -65,47 +62,46 @@ class ClipEmbedder:
         weights_root: Optional[str | os.PathLike[str]] = None,
         runtime: Optional[Runtime] = None,
     ) -> "ClipEmbedder":
-        """Load (or reuse) the CLIP model `name` from the weights folder."""
-        import open_clip
-        import torch
-
+        """Load (or reuse, through the model owner) the CLIP model `name` from the weights folder."""
         spec = get_spec(name)
         if spec.kind != "clip":
             raise ValueError(f"{name} is a {spec.kind} model, not a CLIP embedder")
         folder = model_dir(name, weights_root)
         runtime = runtime or pick_runtime()
-        key = (name, str(folder), runtime)
-        with _CACHE_LOCK:
-            if key in _CACHE:
-                return _CACHE[key]
-            try:
-                model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-                tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-            except Exception as exc:  # safetensors, open_clip and torch raise many types for a damaged file
-                raise WeightsCorruptError(
-                    f"could not load {name} from {folder} ({type(exc).__name__}: {exc}); fetch it again with: "
-                    f"python -m aas_core weights download {name} --force"
-                ) from exc
-            model = model.to(runtime.torch_device, dtype=runtime.dtype).eval()
-            normalize = preprocess.transforms[-1]
-            visual_size = model.visual.image_size
-            image_size = visual_size[0] if isinstance(visual_size, (tuple, list)) else int(visual_size)
-            with torch.no_grad():
-                embed_dim = int(model.encode_text(tokenizer(["a"]).to(runtime.torch_device)).shape[-1])
-            embedder = cls(
-                name=name,
-                model=model,
-                tokenizer=tokenizer,
-                runtime=runtime,
-                image_size=image_size,
-                mean=np.asarray(normalize.mean, np.float32).reshape(1, 3, 1, 1),
-                std=np.asarray(normalize.std, np.float32).reshape(1, 3, 1, 1),
-                embed_dim=embed_dim,
-                fingerprint=weights_fingerprint(folder),
-                tiny=is_tiny(name, weights_root),
-            )
-            _CACHE[key] = embedder
-            return embedder
+        key = models.ModelKey(name, str(folder), runtime.device, runtime.dtype_name, "clip")
+        return models.get(key, lambda: cls._build(name, folder, runtime, is_tiny(name, weights_root)))
+
+    @classmethod
+    def _build(cls, name: str, folder: Path, runtime: Runtime, tiny: bool) -> "ClipEmbedder":
+        import open_clip
+        import torch
+
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+            tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+        except Exception as exc:  # safetensors, open_clip and torch raise many types for a damaged file
+            raise WeightsCorruptError(
+                f"could not load {name} from {folder} ({type(exc).__name__}: {exc}); fetch it again with: "
+                f"python -m aas_core weights download {name} --force"
+            ) from exc
+        model = model.to(runtime.torch_device, dtype=runtime.dtype).eval()
+        normalize = preprocess.transforms[-1]
+        visual_size = model.visual.image_size
+        image_size = visual_size[0] if isinstance(visual_size, (tuple, list)) else int(visual_size)
+        with torch.no_grad():
+            embed_dim = int(model.encode_text(tokenizer(["a"]).to(runtime.torch_device)).shape[-1])
+        return cls(
+            name=name,
+            model=model,
+            tokenizer=tokenizer,
+            runtime=runtime,
+            image_size=image_size,
+            mean=np.asarray(normalize.mean, np.float32).reshape(1, 3, 1, 1),
+            std=np.asarray(normalize.std, np.float32).reshape(1, 3, 1, 1),
+            embed_dim=embed_dim,
+            fingerprint=weights_fingerprint(folder),
+            tiny=tiny,
+        )
 
     def _to_tensor(self, images: Sequence[np.ndarray]):
         import torch

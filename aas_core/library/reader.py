@@ -20,10 +20,10 @@ MAX_SAMPLE_FPS = 30.0
 MAX_SAMPLES_PER_SHOT = 1000
 """sample_fps x max_shot_seconds cap: a shot's samples wait in memory until the shot ends."""
 MOTION_CLASSES = ("still", "slow", "fast")
-STILL_BELOW = 0.004
+STILL_BELOW = 0.01
 """Mean flow (frame widths per second) under which a shot counts as still: sensor noise, compression."""
-FAST_FROM = 0.04
-"""Mean flow from which a shot counts as fast (a pan of ~1/25 frame width per second over the whole frame)."""
+FAST_FROM = 0.2
+"""Mean flow from which a shot counts as fast: the whole frame panning a fifth of its width per second."""
 
 
 @dataclass(frozen=True)

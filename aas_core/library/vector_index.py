@@ -1,51 +1,132 @@
-"""faiss vector index: exact inner product for small libraries, IVF past a size threshold."""
+"""Vector search: exact over stored float16 vectors for small libraries, faiss IVF (Flat, SQ8 or PQ) past them.
+
+The index kind is chosen under a memory budget (bytes per vector x shots must fit a share of it), in order
+exact -> ivf-flat -> ivf-sq8 -> ivf-pq; the lossy kinds re-rank their top candidates exactly against the
+stored vectors. An IVF index is trained once ("compact") and later additions go into small delta indexes
+that share its centroids, so adding N shots costs O(N): the base is never rebuilt until the library has
+grown past a factor.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
+from aas_core.errors import InputError
 from aas_core.fsutil import atomic_path
 
-IndexType = Literal["flat", "ivf"]
+IndexType = Literal["exact", "ivf-flat", "ivf-sq8", "ivf-pq"]
+INDEX_TYPES: tuple[IndexType, ...] = ("exact", "ivf-flat", "ivf-sq8", "ivf-pq")
 EXACT_MAX = 20_000
-"""Up to this many shots an exact search stays under ~5 ms on 2 cores; beyond it, IVF."""
+"""Up to this many shots an exact search over float16 vectors stays under ~5 ms on 2 cores; beyond it, IVF."""
 TRAIN_SAMPLE = 200_000
 """IVF centroids trained on at most this many vectors (enough at 1M, measured)."""
+INDEX_SHARE = 0.75
+"""Share of the memory budget the vector index may fill; the rest is for the embedder, metadata and pages."""
+REFINE_FACTOR = 8
+"""Lossy indexes fetch this many times k candidates (at least REFINE_MIN) and re-rank them exactly."""
+REFINE_MIN = 64
+GROWTH_FACTOR = 2.0
+"""Retrain (compact) once the library holds this many times the vectors the centroids were trained on."""
+MAX_DELTAS = 8
+"""Delta indexes kept beside the base before they are merged into one."""
 
 
-def choose_index_type(count: int) -> IndexType:
-    """Exact for small libraries, approximate (IVF) for large ones."""
-    return "flat" if count <= EXACT_MAX else "ivf"
+def bytes_per_vector(kind: IndexType, dim: int) -> int:
+    """Resident bytes one vector costs in an index of this kind (codes + id)."""
+    return {"exact": 0, "ivf-flat": 4 * dim + 8, "ivf-sq8": dim + 8, "ivf-pq": pq_bytes(dim) + 8}[kind]
+
+
+def pq_bytes(dim: int) -> int:
+    """PQ code size: one byte per 8 dimensions (64 bytes for 512-d CLIP; at least 16), a count that divides dim."""
+    m = min(dim, max(16, dim // 8))
+    while dim % m:
+        m -= 1
+    return m
+
+
+def choose_index_type(count: int, dim: int = 512, budget_bytes: Optional[int] = None) -> IndexType:
+    """The most exact kind whose index fits INDEX_SHARE of the memory budget (exact for small libraries)."""
+    if count <= EXACT_MAX:
+        return "exact"
+    budget = default_memory_budget() if budget_bytes is None else budget_bytes
+    for kind in ("ivf-flat", "ivf-sq8", "ivf-pq"):
+        if count * bytes_per_vector(kind, dim) <= INDEX_SHARE * budget:
+            return kind
+    return "ivf-pq"
+
+
+def default_memory_budget() -> int:
+    """A third of the machine's RAM: search shares it with the embedder, the app and other jobs."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 3
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows)
+        return 8 << 30
+
+
+def parse_memory(text: str | int | float) -> int:
+    """'8GB', '512MB', '8' (GB) or a number of bytes -> bytes; InputError when unreadable."""
+    if isinstance(text, (int, float)):
+        return int(text * (1 << 30)) if text < 4096 else int(text)
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in units:
+            value = float(s[:-1]) * units[s[-1]]
+        else:
+            value = float(s) * (1 << 30)
+    except ValueError:
+        raise InputError(f"--memory-budget {text!r} is not a size; write e.g. 8GB or 512MB") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"--memory-budget must be a positive size, got {text!r}")
+    return int(value)
 
 
 def ivf_params(count: int) -> tuple[int, int]:
     """(nlist, nprobe) for an IVF index over `count` vectors: ~4*sqrt(N) lists, probing ~1/64 of them (at least 64)."""
     nlist = int(2 ** round(math.log2(max(64, 4 * math.sqrt(count)))))
+    nlist = min(nlist, 16384)
     nprobe = max(64, nlist // 64)
     return nlist, nprobe
 
 
-def build_index(vectors: np.ndarray, index_type: IndexType, seed: int = 0):
-    """A faiss index over unit vectors (inner product = cosine similarity)."""
+def train_index(kind: IndexType, sample: np.ndarray, count: int, seed: int = 0):
+    """An empty, trained faiss IVF index of `kind` for about `count` unit vectors (inner product)."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
-    if index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    dim = sample.shape[1]
+    nlist, nprobe = ivf_params(count)
+    nlist = min(nlist, max(1, len(sample) // 39))  # faiss wants ~39 training points per list
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf-flat":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf-sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf-pq":
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes(dim), 8, faiss.METRIC_INNER_PRODUCT)
     else:
-        nlist, nprobe = ivf_params(len(vectors))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = vectors if len(vectors) <= TRAIN_SAMPLE else vectors[rng.choice(len(vectors), TRAIN_SAMPLE, replace=False)]
-        index.train(sample)
-        index.nprobe = nprobe
-    index.add(vectors)
+        raise ValueError(f"{kind} is not an IVF kind")
+    index.cp.seed = seed
+    index.train(sample)
+    index.nprobe = min(nprobe, nlist)
     return index
+
+
+def add_vectors(index, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add float vectors with their shot ids (int64)."""
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def merge_into(target, sources: Iterable) -> None:
+    """Move every vector of `sources` (indexes sharing the target's centroids) into `target`."""
+    for source in sources:
+        target.merge_from(source, 0)
 
 
 def save_index(index, path: str | os.PathLike[str]) -> None:
@@ -54,16 +135,116 @@ def save_index(index, path: str | os.PathLike[str]) -> None:
 
     with atomic_path(path, suffix=".faiss") as tmp:
         faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
 
 
-def load_index(path: str | os.PathLike[str]):
-    """Read a faiss index written by `save_index`; IVF keeps its saved nprobe."""
+def load_index(path: str | os.PathLike[str], mmap: bool = True):
+    """Read a faiss index written by `save_index`, memory-mapped by default: opening costs no read."""
     import faiss
 
-    return faiss.read_index(str(path))
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    return faiss.read_index(str(path), flags)
 
 
-def search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the k nearest vectors for each query; ids are -1 where fewer exist."""
-    k = max(1, min(k, index.ntotal))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+@dataclass
+class VectorSegment:
+    """One append-only block of stored vectors: float16 rows and their shot ids (sorted), memory-mapped."""
+
+    path: Path
+    ids: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def open(cls, path: Path) -> "VectorSegment":
+        """Map a segment written by `write_segment`."""
+        return cls(path, np.load(path.with_suffix(".ids.npy"), mmap_mode="r"), np.load(path, mmap_mode="r"))
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of `ids` are here as a mask, their row numbers)."""
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.clip(pos, 0, max(len(self.ids) - 1, 0))
+        mask = (self.ids[pos] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        return mask, pos[mask]
+
+
+def write_segment(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Write a segment (vectors as float16, ids sorted ascending) durably; the caller records it afterwards."""
+    order = np.argsort(ids, kind="stable")
+    for target, array in ((path.with_suffix(".ids.npy"), np.asarray(ids, np.int64)[order]), (path, np.asarray(vectors, np.float16)[order])):
+        with atomic_path(target, suffix=".npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+def gather(segments: Sequence[VectorSegment], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found mask, float32 vectors of the found ids in the order of `ids`) from the stored segments."""
+    dim = segments[0].vectors.shape[1] if segments else 0
+    out = np.zeros((len(ids), dim), np.float32)
+    found = np.zeros(len(ids), bool)
+    for seg in segments:
+        mask, rows = seg.rows(ids)
+        if rows.size:
+            order = np.argsort(rows)  # sequential reads from the mapped file
+            out[np.flatnonzero(mask)[order]] = seg.vectors[rows[order]]
+            found |= mask
+    return found, out
+
+
+def iter_chunks(segments: Sequence[VectorSegment], chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, float32 vectors) of every stored vector, a chunk at a time (never all in RAM)."""
+    for seg in segments:
+        for start in range(0, len(seg.ids), chunk):
+            yield np.asarray(seg.ids[start : start + chunk]), np.asarray(seg.vectors[start : start + chunk], np.float32)
+
+
+def exact_search(segments: Sequence[VectorSegment], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the exact top-k inner products over every stored vector, streamed; ids -1 where fewer."""
+    queries = np.asarray(queries, np.float32)
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for ids, vectors in iter_chunks(segments):
+        scores = queries @ vectors.T
+        best_s = np.concatenate([best_s, scores], axis=1)
+        best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
+        if best_s.shape[1] > k:
+            top = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+            best_s, best_i = np.take_along_axis(best_s, top, 1), np.take_along_axis(best_i, top, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+    if best_s.shape[1] < k:
+        pad = k - best_s.shape[1]
+        best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_i = np.pad(best_i, ((0, 0), (0, pad)), constant_values=-1)
+    return best_s, best_i
+
+
+def ivf_search(base, deltas: Sequence, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the top-k over a base IVF index and its deltas, assigning queries to lists once."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    coarse_d, coarse_i = base.quantizer.search(queries, base.nprobe)
+    parts_s, parts_i = [], []
+    for index in [base, *deltas]:
+        if index.ntotal == 0:
+            continue
+        d, i = index.search_preassigned(queries, k, coarse_i, coarse_d)
+        parts_s.append(d)
+        parts_i.append(i)
+    if not parts_s:
+        return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+    scores, ids = np.concatenate(parts_s, axis=1), np.concatenate(parts_i, axis=1)
+    scores = np.where(ids < 0, -np.inf, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def rerank(segments: Sequence[VectorSegment], query: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores for candidate ids of one query from the stored vectors, best first (missing ids dropped)."""
+    ids = ids[ids >= 0]
+    found, vectors = gather(segments, ids)
+    ids, vectors = ids[found], vectors[found]
+    scores = vectors @ np.asarray(query, np.float32).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], ids[order]
