@@ -64,8 +64,14 @@ def test_story_text_limits_name_line_and_field():
     with pytest.raises(InputError) as err:
         parse_story(text)
     message = str(err.value)
-    assert "line 1: title: title is 400 characters long" in message
-    assert f"line 5: shots[1].caption: shots[1].caption is {MAX_CAPTION_CHARS + 1} characters long" in message
+    assert "line 1: title: 400 characters long; the limit is 300" in message
+    assert f"line 5: shots[1].caption: {MAX_CAPTION_CHARS + 1} characters long; the limit is {MAX_CAPTION_CHARS}" in message
+    from aas_core.story import Shot, draft_story
+
+    with pytest.raises(ValueError, match="at most 2000 characters"):
+        Shot(prompt="a" * (MAX_PROMPT_CHARS + 1))  # stories built in Python (drafts, the app) are held to it too
+    with pytest.raises(ValueError, match="at most 2000 characters"):
+        draft_story("word " * 1000)
 
 
 def test_cli_generate_long_prompt_is_a_json_error(tmp_path, capsys):

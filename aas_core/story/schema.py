@@ -26,7 +26,7 @@ from aas_core.errors import InputError
 from aas_core.generate.presets import Preset
 from aas_core.limits import (
     MAX_CAPTION_CHARS, MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_STORY_BYTES, MAX_STORY_DEPTH,
-    MAX_STORY_NODES, MAX_TITLE_CHARS, check_text,
+    MAX_STORY_NODES, MAX_TITLE_CHARS,
 )
 from aas_core.stitch import Transition
 
@@ -108,7 +108,7 @@ class GenerateSettings:
     steps: Optional[int] = Field(default=None, ge=1, le=1000)
     guidance: Optional[float] = Field(default=None, ge=0)
     strength: Optional[float] = Field(default=None, ge=0)
-    negative_prompt: Optional[str] = None
+    negative_prompt: Optional[str] = Field(default=None, max_length=MAX_NEGATIVE_PROMPT_CHARS)
     preset: Optional[Preset] = None
     """Speed preset (aas_core.generate.presets): fast = few-step distilled motion model, no CFG."""
     ip_scale: Optional[float] = Field(default=None, ge=0, le=2)
@@ -151,10 +151,10 @@ class Shot:
 
     id: str = ""
     """Stable name (letters, digits, - and _); empty = shot-NN by position."""
-    query: str = ""
+    query: str = Field(default="", max_length=MAX_QUERY_CHARS)
     """Retrieval text; empty = the prompt without `<concept>` tokens."""
-    prompt: str = Field(min_length=1)
-    caption: str = ""
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    caption: str = Field(default="", max_length=MAX_CAPTION_CHARS)
     clip: ClipChoice = "auto"
     seed: Optional[int] = None
     depth: Optional[DepthSettings] = None
@@ -169,7 +169,7 @@ class Story:
     """A whole story project."""
 
     version: int = SCHEMA_VERSION
-    title: str = ""
+    title: str = Field(default="", max_length=MAX_TITLE_CHARS)
     characters: list[Character] = Field(default_factory=list)
     library: Optional[str] = None
     """Clip library folder for retrieval (relative to the story file); None = the default library."""
@@ -350,6 +350,8 @@ def parse_story(text: str, source: str = "story") -> Story:
                 msg = "unknown field (check the spelling; see the story schema in the README)"
             elif err["type"] in ("missing", "missing_argument", "missing_keyword_only_argument"):
                 msg = "required field is missing"
+            elif err["type"] == "string_too_long":
+                msg = f"{len(err['input']):,} characters long; the limit is {err['ctx']['max_length']:,}: shorten it"
             problems.append(f"{source} line {line}: {_dotted(loc) or 'top level'}: {msg}")
         shown = problems[:MAX_ERRORS_SHOWN]
         more = len(problems) - len(shown)
@@ -359,8 +361,8 @@ def parse_story(text: str, source: str = "story") -> Story:
 
 
 def _check_semantics(story: Story, lines: dict[tuple, int], source: str) -> None:
-    """Rules across fields: text limits, unique ids, known `<concept>` tokens, sane clip spans."""
-    problems = _text_problems(story)
+    """Rules across fields: unique ids, known `<concept>` tokens, sane clip spans."""
+    problems = []
     names = [c.name for c in story.characters]
     for i, ch in enumerate(story.characters):
         if not NAME_PATTERN.match(ch.name):
@@ -384,27 +386,6 @@ def _check_semantics(story: Story, lines: dict[tuple, int], source: str) -> None
             problems.append((("shots", i, "clip"), "clip must be `auto`, a file path, or {path, start, end}"))
     if problems:
         raise InputError("invalid story:\n  " + "\n  ".join(f"{source} line {_line_of(lines, loc)}: {_dotted(loc)}: {msg}" for loc, msg in problems[:MAX_ERRORS_SHOWN]))
-
-
-def _text_problems(story: Story) -> list[tuple[tuple, str]]:
-    """Every text field over its limit (aas_core.limits), so a story cannot smuggle in a megabyte prompt."""
-    texts: list[tuple[tuple, Optional[str], int]] = [(("title",), story.title, MAX_TITLE_CHARS)]
-    texts.append((("defaults", "generate", "negative_prompt"), story.defaults.generate.negative_prompt, MAX_NEGATIVE_PROMPT_CHARS))
-    for i, shot in enumerate(story.shots):
-        texts += [
-            (("shots", i, "prompt"), shot.prompt, MAX_PROMPT_CHARS),
-            (("shots", i, "query"), shot.query, MAX_QUERY_CHARS),
-            (("shots", i, "caption"), shot.caption, MAX_CAPTION_CHARS),
-        ]
-        if shot.generate is not None:
-            texts.append((("shots", i, "generate", "negative_prompt"), shot.generate.negative_prompt, MAX_NEGATIVE_PROMPT_CHARS))
-    problems = []
-    for loc, value, limit in texts:
-        try:
-            check_text(value, _dotted(loc), limit)
-        except InputError as exc:
-            problems.append((loc, str(exc)))
-    return problems
 
 
 def with_ids(story: Story) -> Story:
