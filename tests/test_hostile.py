@@ -89,7 +89,7 @@ ALIAS_BOMB = "\n".join(
     + [f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
     + ["shots: [{prompt: boom}]"]
 )
-"""485 bytes that expand to 9**9 (387 million) strings if aliases are followed."""
+"""419 bytes that expand to 9**9 (387 million) strings if aliases are followed (the issue's was 485)."""
 
 
 def test_alias_bomb_is_refused_in_bounded_memory():
