@@ -58,9 +58,11 @@ def _check(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else default_out_dir(args.file)
     plan = plan_story(story, out, Path(args.file).absolute().parent, args.weights, args.library, _runtime(args))
     shots = [{"id": p.id, "clip": p.clip.path, "start": p.clip.start, "end": p.clip.end, "key": p.key,
-              "retrieved": p.retrieval is not None, "seed": p.spec["seed"]} for p in plan.shots]
+              "retrieved": p.retrieval is not None, "seed": p.spec["seed"], "choice": (p.retrieval or {}).get("choice")}
+             for p in plan.shots]
     lines = [f"{s['id']}: {Path(s['clip']).name} {s['start']:.2f}-{s['end'] if s['end'] is not None else 'end'}"
-             f"{' (retrieved)' if s['retrieved'] else ''} seed {s['seed']}" for s in shots]
+             f"{' (retrieved)' if s['retrieved'] else ''} seed {s['seed']}"
+             + "".join(f"\n    {reason}" for reason in (s["choice"] or {}).get("reasons", [])) for s in shots]
     return {"shots": shots, "_text": "\n".join(lines + [f"story OK: {len(shots)} shots ready to run"])}
 
 

@@ -84,7 +84,7 @@ def _pieces(data: dict[str, Any], rate: int, title_frames: int) -> list[_Piece]:
     shots = [StitchShot(s["video"], s.get("caption", ""), s.get("transition", "cut"), float(s.get("transition_duration", 0.0))) for s in ready]
     durations = [probe(s["video"]).duration for s in ready]
     starts, _ = timeline(shots, durations, title_frames / rate)
-    pieces = []
+    pieces: list[_Piece] = []
     for i, (shot, dur, start) in enumerate(zip(ready, durations, starts)):
         piece = _Piece(shot["id"], str(Path(shot["video"]).absolute()), shot.get("caption", ""), round(dur * rate), at=round(start * rate))
         if shot.get("transition") == "fade_black" and i + 1 < len(ready):

@@ -245,7 +245,8 @@ class LocalBackend:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=runtime.dtype).to(runtime.torch_device).eval()
+            lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=runtime.dtype)
+            lm = lm.to(runtime.torch_device).eval()  # type: ignore[arg-type]  # transformers types `.to` as its own wrapper
             return tokenizer, lm, _enforcer_data(tokenizer)
 
         return models.get(key, load)

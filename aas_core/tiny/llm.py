@@ -99,8 +99,9 @@ def write_tiny_qwen_instruct(folder: Path, spec: ModelSpec) -> None:
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=8192, max_window_layers=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, bos_token_id=endoftext, eos_token_id=im_end, use_sliding_window=False,
+        num_key_value_heads=2, max_position_embeddings=8192, max_window_layers=2, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, bos_token_id=endoftext, eos_token_id=im_end,
+        use_sliding_window=False,
     )
     model = Qwen2ForCausalLM(config).eval()
     model.save_pretrained(str(folder), safe_serialization=True)
