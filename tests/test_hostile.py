@@ -675,3 +675,15 @@ def test_unwritable_error_log_still_finishes_the_story_and_stale_files_go(story_
     run = execute_plan(plan, metrics=False, runtime=runtime)
     assert [s.status for s in run.shots] == ["cached", "generated"]
     assert not log.exists() and not stray.exists()
+
+
+def test_atomic_dir_overwrites_where_the_system_cannot_exchange(tmp_path, monkeypatch):
+    import aas_core.fsutil as fsutil
+
+    target = tmp_path / "concept"
+    with fsutil.atomic_dir(target) as tmp:
+        (tmp / "a").write_text("old")
+    monkeypatch.setattr(fsutil, "exchange_paths", lambda a, b: False)  # e.g. macOS: two renames instead
+    with fsutil.atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "b").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["b"] and [p.name for p in tmp_path.iterdir()] == ["concept"]
