@@ -160,3 +160,16 @@ def test_cold_search_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", COLD, str(store.path)], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
     seconds, hits = float(out[0]), int(out[1])
     assert hits == 5 and seconds < 5.0, seconds  # imports included; the 1M figure is in bench/library.py
+
+
+def test_bulk_add_of_precomputed_vectors_is_searchable_at_once(tmp_path):
+    db = LibraryStore(tmp_path / "lib").create_first(STAMP)
+    shots = [{"start": float(i), "end": float(i + 1)} for i in range(10)]
+    db.bulk_add([(f"/bulk/{j}.mp4", shots) for j in range(300)], clustered(3000, 0))
+    db.compact("ivf-flat")
+    extra = clustered(10, 77)
+    db.bulk_add([("/bulk/extra.mp4", shots)], extra)  # lands in a delta beside the trained base
+    assert [r[1] for r in db._index_rows()].count("delta") == 1
+    ids = db.search_vectors(extra[4], 1)[1]
+    assert db.shots(ids)[int(ids[0])]["path"] == "/bulk/extra.mp4" and db.shots(ids)[int(ids[0])]["start"] == 4.0
+    db.close()

@@ -210,6 +210,41 @@ class LibraryDB:
                 self.db.execute("INSERT INTO thumbs(shot_id, jpeg) VALUES (?, ?)", (shot_id, jpeg))
                 self.db.execute("INSERT INTO pending(shot_id, vec) VALUES (?, ?)", (shot_id, vector.tobytes()))
 
+    def bulk_add(self, files: Sequence[tuple[str, Sequence[dict[str, Any]]]], vectors: np.ndarray) -> None:
+        """Add many files' shots with precomputed vectors (e.g. released embeddings) straight into a segment.
+
+        One transaction: rows, then the segment file, then its record; an IVF index gets a delta. Thumbnails
+        are left out (there are no frames); hits of these shots show none.
+        """
+        vectors = np.asarray(vectors, np.float16)
+        with _transaction(self.db):
+            row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='shots'").fetchone()
+            next_id = max(row[0] if row else 0, self.db.execute("SELECT COALESCE(MAX(id), 0) FROM shots").fetchone()[0]) + 1
+            ids: list[int] = []
+            for path, shots in files:
+                key = path_bytes(path)
+                self._drop_file(key)
+                file_id = self.db.execute("INSERT INTO files(path, size, mtime_ns, status) VALUES (?, 0, 0, 'indexed')", (key,)).lastrowid
+                mine = list(range(next_id, next_id + len(shots)))
+                next_id += len(shots)
+                self.db.executemany(
+                    "INSERT INTO shots(id, file_id, start, end, fps, width, height, frames_sampled, motion, camera_motion, subject_motion) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(i, file_id, *(shot.get(c, 0) for c in SHOT_COLUMNS[1:])) for i, shot in zip(mine, shots)],
+                )
+                ids.extend(mine)
+            ids_array = np.asarray(ids, np.int64)
+            if len(ids_array) != len(vectors):
+                raise ValueError(f"{len(ids_array)} shots but {len(vectors)} vectors")
+            name = f"seg-{int(ids_array[0]):012d}-{uuid.uuid4().hex[:8]}"
+            write_segment(self.folder / "vectors" / f"{name}.npy", ids_array, vectors)
+            self.db.execute("INSERT INTO segments(name, rows) VALUES (?, ?)", (name, len(ids_array)))
+            if self.get_meta("index_type", "exact") != "exact":
+                rows = self._add_delta(self._index_rows(), ids_array, vectors.astype(np.float32))
+                self.db.execute("DELETE FROM index_files")
+                self.db.executemany("INSERT INTO index_files(name, role, rows) VALUES (?, ?, ?)", rows)
+            self.set_meta("version", int(self.get_meta("version", 0)) + 1)
+
     def add_skip(self, found: FoundFile, reason: str) -> None:
         """Record that a file was skipped and why (retried only if the file changes)."""
         with _transaction(self.db):
@@ -314,7 +349,7 @@ class LibraryDB:
             trained_name = f"trained-{uuid.uuid4().hex[:12]}.faiss"
             save_index(trained, self.folder / "index" / trained_name)
             for ids, vectors in iter_chunks(segments):
-                keep = np.isin(ids, live, assume_unique=True)
+                keep = _member(ids, live)
                 if keep.any():
                     add_vectors(trained, vectors[keep], ids[keep])
             base_name = f"base-{uuid.uuid4().hex[:12]}.faiss"
@@ -446,6 +481,14 @@ class LibraryDB:
         self.db.close()
 
 
+def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` are in `sorted_ids` (ascending): a binary search, not a sort per chunk."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), bool)
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
+
+
 def _sample_vectors(segments: Sequence[VectorSegment], live: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """Up to `count` live vectors drawn evenly at random from the segments (for training centroids)."""
     total = sum(len(s.ids) for s in segments)
@@ -453,7 +496,7 @@ def _sample_vectors(segments: Sequence[VectorSegment], live: np.ndarray, count: 
     rng = np.random.default_rng(seed)
     parts = []
     for ids, vectors in iter_chunks(segments):
-        pick = (rng.random(len(ids)) < rate) & np.isin(ids, live, assume_unique=True)
+        pick = (rng.random(len(ids)) < rate) & _member(ids, live)
         parts.append(vectors[pick])
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
