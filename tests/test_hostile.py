@@ -687,3 +687,17 @@ def test_atomic_dir_overwrites_where_the_system_cannot_exchange(tmp_path, monkey
     with fsutil.atomic_dir(target, overwrite=True) as tmp:
         (tmp / "b").write_text("new")
     assert [p.name for p in target.iterdir()] == ["b"] and [p.name for p in tmp_path.iterdir()] == ["concept"]
+
+
+def test_cli_story_run_into_a_read_only_folder_is_one_json_error(story_env, tmp_path, capsys):
+    from aas_core.cli import main
+    from aas_core.story import save_story
+
+    root, folder = story_env
+    story = save_story(_two_shots(folder), tmp_path / "story.yaml")
+    with small_disk(tmp_path / "ro", readonly=True) as ro:
+        code = main(["story", "run", str(story), "--out", str(ro / "run"), "--weights", str(root), "--device", "cpu",
+                     "--no-metrics", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 2 and out["error_type"] == "StorageError" and out["errno"] == "EROFS"
+    assert f"cannot write to {ro}" in out["error"]
