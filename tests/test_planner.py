@@ -229,6 +229,23 @@ def test_tiny_local_model_random_output_falls_back_with_a_warning(tiny_root, tmp
     assert [s.prompt for s in load_story(story_file).shots] == [s.prompt for s in result.story.shots]
 
 
+def test_cancel_stops_the_local_model_instead_of_falling_back(tiny_root):
+    from aas_core.errors import Cancelled
+    from aas_core.progress import CancelToken
+
+    ensure_tiny(tiny_root, "qwen2.5-1.5b-instruct")
+    cancel, seen = CancelToken(), []
+    LocalBackend(weights_root=tiny_root, max_new_tokens=1)._load()  # loaded, so the timer measures decoding only
+    timer = threading.Timer(0.5, cancel.cancel)
+    timer.start()
+    began = time.perf_counter()
+    with pytest.raises(Cancelled):
+        plan_from_text(TEXT, planner="llm", weights_root=tiny_root, cancel=cancel, on_progress=lambda f, m: seen.append(m))
+    # Its 1536 new tokens would take about a minute; the stopping criterion ends generation at the next token.
+    assert time.perf_counter() - began < 10
+    assert seen[0].startswith("planning with local:qwen2.5-1.5b-instruct (attempt 1 of 2)")
+
+
 def test_missing_local_model_falls_back_naming_the_download(tmp_path):
     result = plan_from_text(TEXT, planner="llm", weights_root=tmp_path)
     assert result.used == "sentences" and "weights download qwen2.5-1.5b-instruct" in result.warnings[0]

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol, Sequence, ge
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aas_core.errors import AASError, InputError
+from aas_core.errors import AASError, Cancelled, InputError
 from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_TITLE_CHARS, check_text
+from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.stitch import Transition
 from aas_core.story import prompts
 from aas_core.story.schema import MAX_SHOTS, TOKEN, Character, GenerateSettings, Shot, Story, dump_story, parse_story, with_ids
@@ -222,9 +223,10 @@ class LocalBackend:
         runtime: Optional["Runtime"] = None,
         max_new_tokens: int = MAX_NEW_TOKENS,
         constrained: bool = True,
+        cancel: Optional[CancelToken] = None,
     ) -> None:
         self.model, self.weights_root, self.runtime = model, weights_root, runtime
-        self.max_new_tokens, self.constrained = max_new_tokens, constrained
+        self.max_new_tokens, self.constrained, self.cancel = max_new_tokens, constrained, cancel
         self.label = f"local:{model}"
 
     def _load(self) -> tuple[Any, Any, Any]:
@@ -254,11 +256,16 @@ class LocalBackend:
     def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
         """Greedy decoding of the chat; with `constrained`, only tokens that keep the text valid against `schema`."""
         import torch
+        from transformers import StoppingCriteriaList
+
+        _CancelCriteria = _cancel_criteria_class()
 
         tokenizer, lm, data = self._load()
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, return_tensors="pt")["input_ids"].to(lm.device)
         extra: dict[str, Any] = {}
+        if self.cancel is not None:
+            extra["stopping_criteria"] = StoppingCriteriaList([_CancelCriteria(self.cancel)])
         if self.constrained:
             from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 
@@ -269,7 +276,25 @@ class LocalBackend:
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, **extra,
             )
+        if self.cancel is not None:
+            self.cancel.check()
         return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def _cancel_criteria_class() -> type:
+    """A transformers StoppingCriteria that ends generation once a CancelToken is set (built lazily: no import at load)."""
+    from transformers import StoppingCriteria
+
+    class CancelCriteria(StoppingCriteria):
+        def __init__(self, cancel: CancelToken) -> None:
+            self.cancel = cancel
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            import torch
+
+            return torch.full((input_ids.shape[0],), self.cancel.cancelled, dtype=torch.bool, device=input_ids.device)
+
+    return CancelCriteria
 
 
 def _enforcer_data(tokenizer: Any) -> Any:
@@ -409,8 +434,14 @@ def plan_from_text(
     weights_root: Optional[str | os.PathLike[str]] = None,
     runtime: Optional["Runtime"] = None,
     backend: Optional[PlannerBackend] = None,
+    on_progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
 ) -> PlanResult:
-    """Plan a story from text; `llm` retries once with the validation errors, then falls back to sentences with a warning."""
+    """Plan a story from text; `llm` retries once with the validation errors, then falls back to sentences with a warning.
+
+    Only the caller's own mistakes raise (InputError), and cancelling (Cancelled); whatever the model or server does
+    ends in a plan.
+    """
     # 1. Check the inputs (these are the caller's mistakes, so they raise).
     if planner not in PLANNERS:
         raise InputError(f"unknown planner {planner!r}; choose one of {', '.join(PLANNERS)}")
@@ -428,17 +459,22 @@ def plan_from_text(
     # 2. Ask the model; a refused answer is retried once with its exact problems.
     if backend is None:
         backend = (EndpointBackend(url, model or "", api_key_env, timeout) if url
-                   else LocalBackend(model or DEFAULT_PLANNER_MODEL, weights_root, runtime))
+                   else LocalBackend(model or DEFAULT_PLANNER_MODEL, weights_root, runtime, cancel=cancel))
     schema = answer_schema()
     messages = prompts.messages(text, names, shots)
     attempts: list[Attempt] = []
     reason = ""
-    for _ in range(2):
+    for n in range(2):
+        if cancel is not None:
+            cancel.check()
+        report(on_progress, n / 2, f"planning with {backend.label} (attempt {n + 1} of 2)")
         attempt = Attempt(messages=messages)
         attempts.append(attempt)
         began = time.perf_counter()
         try:
             attempt.raw = backend.complete(messages, schema)
+        except (Cancelled, KeyboardInterrupt):
+            raise
         except Exception as exc:  # noqa: BLE001 - a planner failure of any kind (server, OOM, missing model) falls back
             attempt.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AASError) else str(exc)
             reason = attempt.error
@@ -451,6 +487,7 @@ def plan_from_text(
             attempt.error = reason = str(exc)
             messages = [*messages, {"role": "assistant", "content": attempt.raw}, {"role": "user", "content": prompts.retry_message(str(exc))}]
             continue
+        report(on_progress, 1.0, "planned")
         return PlanResult(story=story, planner=planner, used="llm", backend=backend.label, attempts=attempts, characters=names)
 
     # 3. Fall back to one shot per sentence, saying why.
