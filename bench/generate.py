@@ -1,15 +1,20 @@
-"""Shot generation at the real architectures (random weights): load, time per step, decode, pipeline overhead.
+"""Shot generation at the real architectures (random weights): presets side by side, time per step, denoiser calls.
 
 Full-size random weights are written in the hub layout into a scratch weights folder (once, in a child
-process so its memory is not counted), then `generate()` runs through the product's own loader. On a
-GPU it also measures peak VRAM per memory mode. Heavy (~14 GB RSS for AnimateDiff): run it under the lock:
+process so its memory is not counted), then `generate()` runs through the product's own loader, once
+per preset (`standard`: AnimateDiff v3 + CFG; `fast`: AnimateDiff-Lightning, no CFG) and memory mode
+(GPU only). Each run prints one JSON row: measured timings for the steps it ran, the denoiser calls it
+made (and their batch: 2 = CFG), and `shot_s`, the time of a whole shot at the preset's own step count
+(extrapolated from the measured per-step time when fewer steps ran: `extrapolated` says so). A last row
+compares the presets. Heavy (~14 GB RSS for AnimateDiff in float32, about half in bfloat16): use the lock:
 
-    flock /tmp/aas-heavy.lock timeout 900 python bench/generate.py --backend animatediff --frames 8 --size 256x256 --steps 2
+    flock /tmp/aas-heavy.lock timeout 3000 env AAS_DTYPE=bfloat16 python bench/generate.py --frames 8 --size 256x256 --steps 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
 import shutil
@@ -17,26 +22,40 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aas_core.generate.pipelines import BACKEND_MODELS  # noqa: E402
+from aas_core.generate.presets import PRESET_TABLE, PRESETS, denoiser_passes  # noqa: E402
+from aas_core.generate.pipelines import pipeline_models  # noqa: E402
 
 WRITERS = {
-    "sd15": "write_tiny_sd15",
-    "animatediff-motion-adapter-v1-5-3": "write_tiny_motion_adapter",
-    "controlnet-depth-sd15": "write_tiny_controlnet",
-    "wan2.1-vace-1.3b": "write_tiny_wan_vace",
+    "sd15": "aas_core.tiny.diffusion:write_tiny_sd15",
+    "animatediff-motion-adapter-v1-5-3": "aas_core.tiny.diffusion:write_tiny_motion_adapter",
+    "animatediff-lightning": "aas_core.tiny.adapters:write_tiny_lightning",
+    "controlnet-depth-sd15": "aas_core.tiny.diffusion:write_tiny_controlnet",
+    "wan2.1-vace-1.3b": "aas_core.tiny.diffusion:write_tiny_wan_vace",
 }
 
 
-def _write_real(root: str, backend: str) -> None:
-    from aas_core.tiny import diffusion
+def _models(backend: str, presets: list[str]) -> list[str]:
+    """Every registry model the runs need (AnimateDiff presets swap the motion module)."""
+    if backend != "animatediff":
+        return list(pipeline_models(backend))
+    names: list[str] = []
+    for preset in presets:
+        names += [n for n in pipeline_models(backend, PRESET_TABLE[preset].motion(PRESET_TABLE[preset].steps)) if n not in names]
+    return names
 
-    for name in BACKEND_MODELS[backend]:
+
+def _write_real(root: str, names: list[str]) -> None:
+    import importlib
+
+    for name in names:
         folder = Path(root) / name
         if not folder.exists():
-            getattr(diffusion, WRITERS[name])(folder, real=True)
+            module, function = WRITERS[name].split(":")
+            getattr(importlib.import_module(module), function)(folder, real=True)
 
 
 def _depth(frames: int, size: tuple[int, int]):
@@ -52,80 +71,152 @@ def _depth(frames: int, size: tuple[int, int]):
     return DepthVideo(frames=depth, fps=8.0, source="bench")
 
 
-def _run(backend: str, root: str, frames: int, size: tuple[int, int], steps: int, out: str, mode: str) -> dict:
+class _Calls:
+    """Counts the motion UNet's calls and their batch while installed."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.handle: Any = None
+
+    def install(self) -> None:
+        from aas_core.generate import pipelines
+
+        loaded = pipelines.current()
+        self.remove()
+        if loaded is not None:
+            self.handle = loaded.pipe.unet.register_forward_pre_hook(
+                lambda m, args, kwargs: self.batches.append(int((args[0] if args else kwargs["sample"]).shape[0])),
+                with_kwargs=True,
+            )
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def _run(backend: str, preset: Optional[str], root: str, frames: int, size: tuple[int, int], steps: Optional[int],
+         out: str, mode: str, calls: _Calls) -> dict:
     from aas_core.device import pick_runtime
     from aas_core.generate import ShotSpec, generate
 
-    spec = ShotSpec(prompt="a knight walking through snow", backend=backend, frames=frames, width=size[0],
-                    height=size[1], steps=steps, memory_mode=mode)
+    spec = ShotSpec(prompt="a knight walking through snow", backend=backend, preset=preset, frames=frames,
+                    width=size[0], height=size[1], steps=steps, memory_mode=mode)
+    full = ShotSpec(prompt="x", backend=backend, preset=preset, frames=frames, width=size[0], height=size[1])
+    calls.batches.clear()
     result = generate(spec, _depth(frames, size), weights_root=root, runtime=pick_runtime(), out_dir=out)
     t = result.timings
+    fixed = t["call_s"] - t["denoise_s"]
+    record = result.params.get("preset", {})
     return {
-        **t,
+        "backend": backend,
+        "preset": spec.preset,
         "memory_mode": result.memory_mode,
-        "loop_share": t["denoise_s"] / t["call_s"],
-        "overhead_vs_model_work": t["overhead_s"] / (t["denoise_s"] + t["decode_s"] + t["encode_s"]),
-        "outside_pipeline_s": t["total_s"] - t["call_s"] - t["load_s"],
+        "dtype": result.params["runtime"]["dtype"],
+        "frames": frames,
+        "size": f"{size[0]}x{size[1]}",
+        "scheduler": record.get("scheduler", result.params.get("scheduler_class")),
+        "guidance": spec.guidance,
+        "steps_run": spec.steps,
+        "steps_per_shot": full.steps,
+        "unet_calls_run": len(calls.batches) if calls.handle is not None else None,
+        "unet_batch": sorted(set(calls.batches)) if calls.handle is not None else None,
+        "denoiser_passes_per_shot": denoiser_passes(full),
+        "load_s": round(t["load_s"], 2),
+        "per_step_s": round(t["per_step_s"], 3),
+        "fixed_s": round(fixed, 2),
+        "call_s": round(t["call_s"], 2),
+        "shot_s": round(fixed + t["per_step_s"] * int(full.steps or 0), 2),
+        "extrapolated": spec.steps != full.steps,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 
 
 def main() -> None:
-    """Parse flags, write weights if needed, run and print figures."""
+    """Parse flags, write weights if needed, run each preset (and memory mode on a GPU), print JSON rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("animatediff", "vace"), default="animatediff")
+    parser.add_argument("--preset", choices=(*PRESETS, "both"), default="both", help="AnimateDiff preset(s) to run")
     parser.add_argument("--frames", type=int, default=None, help="default 8 (AnimateDiff) / 9 (VACE) on CPU, 16/17 on GPU")
     parser.add_argument("--size", default=None, help="WxH; default 256x256 on CPU, 512x512 on GPU")
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=2, help="shots per memory mode: the first loads (cold), later ones reuse it")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps actually run per shot for the standard preset (default: its own 25); fast always runs its own")
+    parser.add_argument("--runs", type=int, default=2, help="shots per setting: the first loads (cold), later ones reuse it")
     parser.add_argument("--weights", default=None, help="scratch weights folder to reuse (default: a temp folder, deleted)")
     args = parser.parse_args()
 
     import torch
 
     on_gpu = torch.cuda.is_available()
+    presets = [None] if args.backend == "vace" else (list(PRESETS) if args.preset == "both" else [args.preset])
     frames = args.frames or {"animatediff": 16 if on_gpu else 8, "vace": 17 if on_gpu else 9}[args.backend]
     width, height = (int(v) for v in (args.size or ("512x512" if on_gpu else "256x256")).split("x"))
     root = args.weights or tempfile.mkdtemp(prefix="aas-bench-weights-")
     out = tempfile.mkdtemp(prefix="aas-bench-shots-")
     try:
         start = time.perf_counter()
-        child = multiprocessing.get_context("spawn").Process(target=_write_real, args=(root, args.backend))
+        names = _models(args.backend, [p for p in presets if p])
+        child = multiprocessing.get_context("spawn").Process(target=_write_real, args=(root, names))
         child.start()
         child.join()
         if child.exitcode:
             raise SystemExit(f"writing random full-size weights failed (exit {child.exitcode})")
-        print(f"weights ready in {time.perf_counter() - start:.1f} s: {root}")
-        modes = ("full", "vae_tiling", "model_offload", "sequential_offload") if on_gpu else ("full",)
         device = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
-        print(f"{args.backend}: {frames} frames {width}x{height}, {args.steps} steps, CFG on, {device}")
-        for mode in modes:
-            if on_gpu:
-                from aas_core.generate import pipelines
-
-                pipelines.release()
-                torch.cuda.reset_peak_memory_stats()
-            for run in range(args.runs):
-                figures = _run(args.backend, root, frames, (width, height), args.steps, out, mode)
-                _print(figures, "cold" if run == 0 else "warm", on_gpu)
-        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+        _emit({"weights_ready_s": round(time.perf_counter() - start, 1), "models": names, "device": device})
+        modes = ("full", "vae_tiling", "model_offload", "sequential_offload") if on_gpu else ("full",)
+        rows = []
+        for preset in presets:
+            for mode in modes:
+                rows += _runs(args, preset, root, frames, (width, height), out, mode, on_gpu)
+        _emit_comparison(rows)
     finally:
         shutil.rmtree(out, ignore_errors=True)
         if args.weights is None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _print(figures: dict, label: str, on_gpu: bool) -> None:
+def _runs(args: argparse.Namespace, preset: Optional[str], root: str, frames: int, size: tuple[int, int], out: str,
+          mode: str, on_gpu: bool) -> list[dict]:
     import torch
 
-    line = (
-        f"[{figures['memory_mode']}, {label}] load {figures['load_s']:.1f} s | prepare {figures['prepare_s']:.2f} s | "
-        f"{figures['per_step_s']:.2f} s/step | VAE encode {figures['encode_s']:.2f} s | decode {figures['decode_s']:.2f} s | "
-        f"pipeline overhead {figures['overhead_s']:.2f} s = {figures['overhead_vs_model_work']:.1%} of loop+encode+decode | "
-        f"outside pipeline {figures['outside_pipeline_s']:.2f} s | total {figures['total_s']:.1f} s"
-    )
+    from aas_core.generate import pipelines
+
     if on_gpu:
-        line += f" | peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-    print(line, flush=True)
+        pipelines.release()
+        torch.cuda.reset_peak_memory_stats()
+    steps = None if preset == "fast" else args.steps
+    calls, rows = _Calls(), []
+    for run in range(args.runs):
+        if run:
+            calls.install()  # on the pipeline the cold run loaded
+        row = {**_run(args.backend, preset, root, frames, size, steps, out, mode, calls), "run": "cold" if run == 0 else "warm"}
+        if on_gpu:
+            row["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        _emit(row)
+        rows.append(row)
+    calls.remove()
+    return rows
+
+
+def _emit_comparison(rows: list[dict]) -> None:
+    """fast vs standard at the same frames, size and memory mode (warm runs)."""
+    warm = {(r["preset"], r["memory_mode"]): r for r in rows if r["run"] == "warm"}
+    for (preset, mode), fast in warm.items():
+        standard = warm.get(("standard", mode))
+        if preset != "fast" or standard is None:
+            continue
+        _emit({
+            "compare": "fast/standard", "memory_mode": mode, "frames": fast["frames"], "size": fast["size"],
+            "shot_s_ratio": round(fast["shot_s"] / standard["shot_s"], 3),
+            "denoise_s_ratio": round(fast["per_step_s"] * fast["steps_per_shot"] / (standard["per_step_s"] * standard["steps_per_shot"]), 3),
+            "per_step_ratio": round(fast["per_step_s"] / standard["per_step_s"], 3),
+            "denoiser_passes": [fast["denoiser_passes_per_shot"], standard["denoiser_passes_per_shot"]],
+            "goal": "shot_s_ratio <= 0.15",
+        })
+
+
+def _emit(row: dict) -> None:
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
