@@ -93,6 +93,20 @@ def preset_spec(name: str) -> PresetSpec:
     return PRESET_TABLE[name]
 
 
+def motion_for(spec: "ShotSpec") -> "MotionChoice | None":
+    """The motion module an AnimateDiff shot's preset loads (None for other backends)."""
+    if spec.backend != "animatediff":
+        return None
+    return preset_spec(spec.preset or "standard").motion(int(spec.steps or 0))
+
+
+def shot_models(spec: "ShotSpec") -> tuple[str, ...]:
+    """Registry names a shot's pipeline loads: the backend's models with its preset's motion module."""
+    from aas_core.generate.pipelines import pipeline_models
+
+    return pipeline_models(spec.backend, motion_for(spec))
+
+
 def check_preset(spec: "ShotSpec") -> None:
     """Refuse settings a preset's model cannot run (the wrong backend, step count or scheduler)."""
     preset = preset_spec(spec.preset or "standard")

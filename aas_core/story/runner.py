@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 from aas_core.errors import AASError, Cancelled, InputError
 from aas_core.fsutil import atomic_write_bytes, exclusive, file_digest, json_digest, sweep_temps
 from aas_core.progress import CancelToken, ProgressFn, report
-from aas_core.registry import BACKEND_MODELS, DEFAULT_CLIP
+from aas_core.registry import DEFAULT_CLIP
 from aas_core.story.assembly import assemble
 from aas_core.story.outcome import (
     CACHE_VERSION,
@@ -272,6 +272,7 @@ def _stage(story: Story, shot: Shot, index: int, aliases: dict[str, str], base: 
     """A shot's checked settings: ShotSpec, estimator, depth options, weights present, a given clip probed."""
     from aas_core.depth.estimators import DEFAULT_ESTIMATOR, check_estimator
     from aas_core.generate import ShotSpec
+    from aas_core.generate.presets import shot_models
     from aas_core.video_io import probe
 
     kwargs = _merged_generate(story, shot)
@@ -284,7 +285,7 @@ def _stage(story: Story, shot: Shot, index: int, aliases: dict[str, str], base: 
     estimator = check_estimator(depth_settings.estimator or story.defaults.depth.estimator or DEFAULT_ESTIMATOR)
     options = {**story.defaults.depth.options, **(shot.depth.options if shot.depth else {})}
     _check_depth_options(options)
-    weights = _weights_identity((*BACKEND_MODELS[spec.backend], estimator), root)
+    weights = _weights_identity((*shot_models(spec), estimator), root)  # the preset's motion model too
     clip: Union[ClipRef, str, None] = shot.clip
     if isinstance(clip, str) and clip != "auto":
         clip = ClipRef(path=clip)
