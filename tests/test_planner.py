@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -217,7 +218,7 @@ def test_tiny_local_model_random_output_falls_back_with_a_warning(tiny_root, tmp
     assert len(result.attempts) == 2
     for attempt in result.attempts:
         # Constrained decoding: even random weights write the start of the schema's JSON, not free text.
-        assert attempt.raw.strip().startswith("{") and attempt.error
+        assert re.match(r'\s*\{\s*"(title|shots)"\s*:', attempt.raw) and attempt.error
     retry = result.attempts[1].messages
     assert retry[-2] == {"role": "assistant", "content": result.attempts[0].raw}
     assert result.attempts[0].error in retry[-1]["content"]
@@ -275,7 +276,7 @@ def test_bad_planner_inputs_raise():
 def test_cli_story_new_with_an_endpoint_writes_story_and_plan(tmp_path, capsys):
     out = tmp_path / "kite.yaml"
     with chat_server(lambda body, headers: (200, _chat(CANNED))) as (url, _):
-        code = main(["story", "new", TEXT, "--planner", "llm", "--planner-url", url, "--planner-model", "m",
+        code = main(["story", "new", TEXT, "--planner-url", url, "--planner-model", "m",
                      "--shots", "2", "--out", str(out), "--json"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)

@@ -23,10 +23,12 @@ def _new(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    # An endpoint given without --planner means the language-model planner.
+    planner = args.planner or ("llm" if args.planner_url else DEFAULT_PLANNER)
     result = plan_from_text(
-        text, planner=args.planner, shots=args.shots, title=args.title or "", characters=args.character or (),
+        text, planner=planner, shots=args.shots, title=args.title or "", characters=args.character or (),
         url=args.planner_url, model=args.planner_model, api_key_env=args.planner_key_env, timeout=args.planner_timeout,
-        weights_root=args.weights, runtime=_runtime(args) if args.planner == "llm" and not args.planner_url else None,
+        weights_root=args.weights, runtime=_runtime(args) if planner == "llm" and not args.planner_url else None,
     )
     story_file, record = save_plan(result, out, text)
     story = result.story
@@ -126,8 +128,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", required=True, help="story file to write (YAML)")
     p.add_argument("--title", help="story title (shown on the title card)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
-    p.add_argument("--planner", choices=PLANNERS, default=DEFAULT_PLANNER,
-                   help="sentences: one shot per line/sentence; llm: a language model writes query, prompt, caption, duration, transition")
+    p.add_argument("--planner", choices=PLANNERS,
+                   help="sentences (default; llm when --planner-url is given): one shot per line/sentence; "
+                        "llm: a language model writes query, prompt, caption, duration, transition")
     p.add_argument("--shots", type=int, help="number of shots to plan (default: the planner decides)")
     p.add_argument("--character", action="append", metavar="NAME", help="a story character, written <NAME> in prompts (repeatable; <name> tokens in the text count too)")
     p.add_argument("--planner-url", help="OpenAI-compatible endpoint for --planner llm, e.g. http://localhost:8000/v1 (default: the local model)")
