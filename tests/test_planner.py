@@ -18,6 +18,7 @@ from aas_core.errors import InputError
 from aas_core.story import load_story, prompts
 from aas_core.story.planner import (
     API_KEY_ENV,
+    MAX_NEW_TOKENS,
     EndpointBackend,
     LocalBackend,
     PlannerError,
@@ -148,7 +149,7 @@ def test_endpoint_retries_once_with_the_validation_error_then_succeeds(monkeypat
     assert len(requests) == 2 and requests[0]["path"] == "/v1/chat/completions"
     assert requests[0]["auth"] == "Bearer sk-test"
     first, second = (r["body"] for r in requests)
-    assert first["model"] == "planner-test"
+    assert first["model"] == "planner-test" and first["max_tokens"] == MAX_NEW_TOKENS
     assert first["response_format"]["json_schema"]["schema"] == answer_schema()
     assert first["messages"][0]["content"] == prompts.SYSTEM and "<mia>" in first["messages"][1]["content"]
     # The retry quotes the exact problem after the model's own answer.

@@ -359,7 +359,8 @@ class EndpointBackend:
 
     def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
         """POST the chat; asks for `response_format` json_schema and drops it once if the server refuses that field."""
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2}
+        # max_tokens: some servers default to 128 new tokens, far too few for a shot list.
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2, "max_tokens": MAX_NEW_TOKENS}
         if self.json_schema:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "story_plan", "schema": schema}}
         status, text = self._post(body)
