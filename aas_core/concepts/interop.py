@@ -151,7 +151,9 @@ def _check_lora_shapes(state: dict, base_folder: Path, source: str, base_model: 
             if base is None:
                 raise InputError(f"{source}: targets layer {part}.{module}, which {base_model} does not have; it was made for another model")
             if down.shape[0] != up.shape[1]:
-                raise InputError(f"{source}: layer {part}.{module} has rank {down.shape[0]} in lora_A but {up.shape[1]} in lora_B; the file is damaged")
+                raise InputError(
+                    f"{source}: layer {part}.{module} has rank {down.shape[0]} in lora_A but {up.shape[1]} in lora_B; the file is damaged"
+                )
             if down.ndim != len(base) or down.shape[1] != base[1] or up.shape[0] != base[0]:
                 raise InputError(
                     f"{source}: layer {part}.{module} is {base[0]}x{base[1]} in {base_model} but the LoRA gives "

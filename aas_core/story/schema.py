@@ -239,7 +239,9 @@ def _scan(text: str, source: str) -> None:
             if nodes > MAX_STORY_NODES:
                 raise InputError(f"{source} line {line}: more than {MAX_STORY_NODES:,} values; a story is not this big: split it")
             if event.anchor is not None:
-                raise InputError(f"{source} line {line}: anchors (&{event.anchor}) are not allowed in a story file; put shared settings under `defaults:`")
+                raise InputError(
+                    f"{source} line {line}: anchors (&{event.anchor}) are not allowed in a story file; put shared settings under `defaults:`"
+                )
             is_key = bool(stack) and stack[-1][0] and stack[-1][2]
             if isinstance(event, yaml.ScalarEvent):
                 if is_key:
@@ -247,7 +249,9 @@ def _scan(text: str, source: str) -> None:
                     continue
                 if event.style is None and NON_FINITE.fullmatch(event.value):
                     where = _dotted(tuple(frame[1] for frame in stack)) or "top level"
-                    raise InputError(f"{source} line {line}: {where}: {event.value} is not a finite number; use a number (quote it if you meant text)")
+                    raise InputError(
+                        f"{source} line {line}: {where}: {event.value} is not a finite number; use a number (quote it if you meant text)"
+                    )
                 _advance(stack)
                 continue
             if is_key:
@@ -326,7 +330,8 @@ def parse_story(text: str, source: str = "story") -> Story:
     bad: list[tuple] = []
     data = _join_surrogates(data, (), bad)
     if bad:
-        raise InputError(f"{source} line {_line_of(lines, bad[0])}: {_dotted(bad[0])}: holds a broken \\u escape (half of a surrogate pair); fix the text")
+        where = f"{source} line {_line_of(lines, bad[0])}: {_dotted(bad[0])}"
+        raise InputError(f"{where}: holds a broken \\u escape (half of a surrogate pair); fix the text")
     version = data.get("version", SCHEMA_VERSION)
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise InputError(f"{source} line {lines.get(('version',), 1)}: story version {version} is newer than this program ({SCHEMA_VERSION}); update Animate-A-Story")
