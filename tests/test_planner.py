@@ -108,7 +108,7 @@ def chat_server(reply: Callable[[dict, dict], tuple[int, str]]) -> Iterator[tupl
     requests: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
             status, text = reply(body, dict(self.headers))
@@ -184,13 +184,13 @@ def test_endpoint_timeout_is_a_clear_message():
 
 def test_endpoint_401_names_the_key_variable(monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
-    with chat_server(lambda body, headers: (401, json.dumps({"error": "invalid api key"}))) as (url, _):
-        with pytest.raises(PlannerError, match=rf"HTTP 401.*{API_KEY_ENV} \(it is not set\)"):
-            EndpointBackend(url, "m").complete(prompts.messages(TEXT, ["mia"], 2), answer_schema())
+    with chat_server(lambda body, headers: (401, json.dumps({"error": "invalid api key"}))) as (url, _), \
+            pytest.raises(PlannerError, match=rf"HTTP 401.*{API_KEY_ENV} \(it is not set\)"):
+        EndpointBackend(url, "m").complete(prompts.messages(TEXT, ["mia"], 2), answer_schema())
 
 
 def test_endpoint_bad_json_is_a_clear_message_and_planning_falls_back():
-    with chat_server(lambda body, headers: (200, "<html>gateway</html>")) as (url, requests):
+    with chat_server(lambda body, headers: (200, "<html>gateway</html>")) as (url, _):
         with pytest.raises(PlannerError, match="did not answer with JSON"):
             EndpointBackend(url, "m", timeout=10).complete(prompts.messages(TEXT, ["mia"], 2), answer_schema())
         result = plan_from_text(TEXT, planner="llm", shots=2, url=url, model="m", timeout=10)

@@ -178,13 +178,13 @@ def choose_clips(
             if fitting:
                 k = max(fitting, key=lambda i: assessed[need.id][i][1])
                 users = [t.owner for t in taken if t.overlaps(_span(options[k]))]
-                reasons = [*assessed[need.id][k][2], f"reused: every fitting clip is already used ({', '.join(users)}); "
-                           "index more footage or pin a clip for variety"]
+                reasons = [*assessed[need.id][k][2], (f"reused: every fitting clip is already used ({', '.join(users)}); "
+                                                      "index more footage or pin a clip for variety")]
                 choice = Choice(need.id, options[k], fit=assessed[need.id][k][1], reasons=reasons, reused=True)
             else:
                 k = max(range(len(options)), key=lambda i: float(options[i].get("score", 0.0)))
-                reasons = ["no candidate fits (see rejected); took the best match anyway: "
-                           "index longer or moving footage, lower the shot's frames, or pin a clip"]
+                reasons = [("no candidate fits (see rejected); took the best match anyway: "
+                            "index longer or moving footage, lower the shot's frames, or pin a clip")]
                 choice = Choice(need.id, options[k], fit=float(options[k].get("score", 0.0)), reasons=reasons,
                                 reused=any(t.overlaps(_span(options[k])) for t in taken))
         for i, hit in enumerate(options):

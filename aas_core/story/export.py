@@ -230,11 +230,10 @@ def export_run(
     timeline, facts = build_timeline(run)
     target = Path(out) if out else run / f"story{SUFFIXES[fmt]}"
     warnings = []
-    if fmt == "edl":
-        # CMX 3600 holds one video track: the music and the fade-through-black notes stay out of it.
-        if facts["music"]:
-            warnings.append("an EDL holds no music track: import the music file by hand (or export otio/fcpxml)")
-            timeline.tracks.remove(timeline.tracks[1])
+    if fmt == "edl" and facts["music"]:
+        # CMX 3600 holds one video track: the music stays out of it.
+        warnings.append("an EDL holds no music track: import the music file by hand (or export otio/fcpxml)")
+        timeline.tracks.remove(timeline.tracks[1])
     with atomic_path(target, suffix=SUFFIXES[fmt]) as tmp:
         otio.adapters.write_to_file(timeline, str(tmp), adapter_name=ADAPTERS[fmt])
     srt = srt_text(facts["pieces"], facts["rate"])

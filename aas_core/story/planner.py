@@ -131,7 +131,7 @@ class PlannerBackend(Protocol):
 def _json_text(raw: str) -> str:
     """The JSON object inside an answer: models like to wrap it in ``` fences or a sentence."""
     text = raw.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     if fenced:
         text = fenced.group(1).strip()
     start, end = text.find("{"), text.rfind("}")
