@@ -1,92 +1,243 @@
-"""The UI's glue, in process: story table <-> Story, sessions and their folders, weights notices, the compare grid."""
+"""The UI's parts in process, without a browser: the storyboard data, sessions (quota, idle cleanup, time limit,
+shutdown), the job wrapper (cancel, messages), allowed paths, the compare grid."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from aas_core.errors import Cancelled, InputError
+from aas_core.ui import board as boards
 from aas_core.ui.config import AppConfig
 from aas_core.ui.session import Sessions
 
 
-def test_story_table_round_trip() -> None:
-    """Drafted rows rebuild the same story; clip text, blank cells and <tokens> map to the schema."""
-    from aas_core.story import ClipRef, draft_story
-    from aas_core.ui.story import parse_clip, rows_of, story_of
+def _board() -> list[dict]:
+    from aas_core.story import draft_story
 
-    rows = rows_of(draft_story("a dog runs | <rex> runs on a beach | Run\ncity at night | a neon street", title="T"))
-    assert rows[0][:5] == ["shot-01", "a dog runs", "<rex> runs on a beach", "Run", "auto"] and rows[0][5:] == ["", ""]
-    rows[1][4], rows[1][6] = "/clips/a@b.mp4@1.5-4", "0.3"
-    story = story_of("T", rows, "animatediff", 64, 64, 8, 2, "depth-anything-v2-small", "cut", 0.0, True, False, None)
+    return boards.board_from_story(draft_story("a dog runs | <rex> runs on a beach | Run\ncity at night | a neon street\nrain | rain on glass"))
+
+
+def test_board_round_trip_to_story() -> None:
+    """Cards rebuild the story: clips resolved by the given function, tokens become characters, numbers typed."""
+    from aas_core.story import ClipRef
+
+    board = boards.edit(boards.edit(_board(), "shot-02", "clip", "a@b.mp4@1.5-4"), "shot-02", "strength", "0.3")
+    story = boards.story_from_board("T", board, boards.StorySettings.tiny(), lambda name: f"/resolved/{name}")
     assert [c.name for c in story.characters] == ["rex"]
-    assert story.shots[0].clip == "auto" and story.shots[0].generate is None and story.shots[0].seed is None
-    assert story.shots[1].clip == ClipRef(path="/clips/a@b.mp4", start=1.5, end=4.0)
+    assert story.shots[0].clip == "auto" and story.shots[0].generate is None
+    assert story.shots[1].clip == ClipRef(path="/resolved/a@b.mp4", start=1.5, end=4.0)
     assert story.shots[1].generate.strength == pytest.approx(0.3)
-    assert story.defaults.generate.frames == 8 and story.defaults.transition == "cut"
-    assert rows_of(story)[1][4] == "/clips/a@b.mp4@1.5-4" and parse_clip("") == "auto"
+    assert story.defaults.generate.frames == 8
+    with pytest.raises(InputError, match="shot-01: seed is 'abc'"):
+        boards.edit(board, "shot-01", "seed", "abc")
 
 
-def test_story_table_rejects_bad_numbers() -> None:
-    """A non-number seed is refused with a message naming the column."""
-    import gradio as gr
+def test_blank_prompts_are_named_up_front() -> None:
+    """Generate all refuses a board with blank prompts and lists them (no silent skip)."""
+    board = boards.edit(boards.edit(_board(), "shot-01", "prompt", " "), "shot-03", "prompt", "")
+    with pytest.raises(InputError, match="write a prompt for shot-01, shot-03 first"):
+        boards.story_from_board("", board, boards.StorySettings(), str)
 
-    from aas_core.ui.story import story_of
 
-    with pytest.raises(gr.Error, match="seed column"):
-        story_of("", [["s1", "", "a cat", "", "auto", "abc", ""]], "animatediff", 64, 64, 8, 2,
-                 "depth-anything-v2-small", "cut", 0.0, True, False, None)
+def test_cards_reorder_add_delete() -> None:
+    """Up/down moves, add gives a fresh id, delete removes; ids stay with their shots."""
+    board = boards.move(_board(), "shot-03", -1)
+    assert [c["id"] for c in board] == ["shot-01", "shot-03", "shot-02"]
+    assert [c["id"] for c in boards.move(board, "shot-01", -1)] == ["shot-01", "shot-03", "shot-02"]
+    board = boards.add(boards.delete(board, "shot-01"))
+    assert [c["id"] for c in board] == ["shot-03", "shot-02", "shot-04"]
+
+
+def test_takes_are_kept_and_picked() -> None:
+    """Each new take is added and picked; an earlier one can be picked back; the stitch story uses the pick's settings."""
+    board = _board()
+    for seed in (5, 6):
+        board = boards.add_take(board, "shot-01", {"video": f"v{seed}.mp4", "seed": seed, "prompt": "old prompt", "clip": "auto",
+                                                  "strength": 0.4, "settings": {"frames": 8}})
+    card = boards.find(board, "shot-01")
+    assert len(card["takes"]) == 2 and card["pick"] == 1 and card["status"] == "take 2 of 2"
+    board = boards.pick(boards.edit(board, "shot-01", "prompt", "new prompt"), "shot-01", 0)
+    story = boards.story_from_board("", board, boards.StorySettings(), str, picked=True)
+    assert [s.id for s in story.shots] == ["shot-01"]
+    assert story.shots[0].seed == 5 and story.shots[0].prompt == "old prompt" and story.shots[0].generate.frames == 8
+    with pytest.raises(InputError, match="2 takes"):
+        boards.pick(board, "shot-01", 7)
+
+
+def test_project_state_line_round_trip() -> None:
+    """The app's state rides on the first comment line; a plain story file has none."""
+    from aas_core.story import parse_story
+
+    board = boards.add_take(_board(), "shot-02", {"video": "v.mp4", "seed": 1})
+    settings = boards.StorySettings(frames=12, transition="cut", music="song.mp3")
+    text = boards.project_text("title: T\nshots:\n- prompt: a\n", "the story text", settings, board)
+    state = boards.app_state(text)
+    assert state["text"] == "the story text" and state["settings"]["frames"] == 12
+    assert state["takes"]["shot-02"]["pick"] == 0
+    assert parse_story(text).title == "T" and boards.app_state("title: x") == {}
+
+
+def test_settings_object_refuses_unknown_and_bad_fields() -> None:
+    """One settings object replaces the 14 arguments; bad fields are named."""
+    assert boards.StorySettings.parse({"frames": "12", "captions": 0}).frames == 12
+    with pytest.raises(InputError, match="unknown setting"):
+        boards.StorySettings.parse({"framez": 1})
+    with pytest.raises(InputError, match="setting width"):
+        boards.StorySettings.parse({"width": "wide"})
+
+
+def _multi(tmp_path: Path, **extra) -> AppConfig:
+    base = tmp_path / "weights"
+    (base / "sd15").mkdir(parents=True, exist_ok=True)
+    return AppConfig(weights_root=base, multi_user=True, cache_dir=tmp_path / "cache", sessions_dir=tmp_path / "s", **extra)
 
 
 def test_multi_user_sessions_get_private_folders(tmp_path: Path) -> None:
     """Each visitor gets own folders with models linked read-only; leaving deletes them; single-user shares paths."""
-    base = tmp_path / "weights"
-    (base / "sd15").mkdir(parents=True)
-    config = AppConfig(weights_root=base, multi_user=True, cache_dir=tmp_path / "cache", sessions_dir=tmp_path / "s")
-    sessions = Sessions(config)
+    sessions = Sessions(_multi(tmp_path))
     a, b = sessions.get("aaa"), sessions.get("bbb")
     assert a.weights_root != b.weights_root and a.library != b.library and a.outputs != b.outputs
-    assert (a.weights_root / "sd15").resolve() == (base / "sd15").resolve()
+    assert (a.weights_root / "sd15").resolve() == (tmp_path / "weights" / "sd15").resolve()
     assert sessions.get("aaa") is a
     sessions.close("aaa")
     assert not a.folder.exists() and b.folder.exists() and len(sessions) == 1
     with pytest.raises(ValueError):
         sessions.get("../escape")
-    single = Sessions(AppConfig(weights_root=base, library=tmp_path / "lib", cache_dir=tmp_path / "cache"))
+    single = Sessions(AppConfig(weights_root=tmp_path / "weights", library=tmp_path / "lib", cache_dir=tmp_path / "cache"))
     x, y = single.get("x"), single.get("y")
-    assert x.weights_root == y.weights_root == base and x.library == y.library and not x.private
+    assert x.weights_root == y.weights_root and x.library == y.library and not x.private
 
 
-def test_cancel_token_is_per_job(tmp_path: Path) -> None:
-    """Cancel stops the running job's token; a new job starts with a fresh one."""
-    session = Sessions(AppConfig(weights_root=tmp_path, cache_dir=tmp_path)).get("x")
-    first = session.new_job()
-    session.cancel()
-    assert first.cancelled and not session.new_job().cancelled
+def test_plain_http_sessions_go_after_a_short_idle_time(tmp_path: Path) -> None:
+    """A session without a page is swept after the API idle time; a browser one stays; a running one is never swept."""
+    sessions = Sessions(_multi(tmp_path, api_session_ttl_s=1, session_ttl_s=3600))
+    api, page, busy = sessions.get("api"), sessions.get("page", browser=True), sessions.get("busy")
+    busy.new_job("long")
+    time.sleep(1.3)
+    sessions.sweep()
+    assert not api.folder.exists() and page.folder.exists() and busy.folder.exists()
+    busy.end_job()
+    time.sleep(1.3)
+    sessions.sweep()
+    assert not busy.folder.exists()
 
 
-def test_missing_weights_named_with_download_command(tmp_path: Path) -> None:
-    """Without weights (and without --tiny) the app still builds and each tab names what to download."""
+def test_shutdown_removes_every_session_folder(tmp_path: Path) -> None:
+    """close_all (the SIGTERM/SIGINT handler) cancels jobs and removes the run's whole folder."""
+    sessions = Sessions(_multi(tmp_path))
+    a = sessions.get("a")
+    token = a.new_job("x")
+    sessions.get("b")
+    sessions.close_all()
+    assert token.cancelled and not sessions.root.exists() and len(sessions) == 0
+
+
+def test_upload_quota_counts_every_upload(tmp_path: Path) -> None:
+    """Bytes and files are counted over all of a visitor's uploads, not per file."""
+    sessions = Sessions(_multi(tmp_path))
+    s = sessions.get("q")
+    files = []
+    for i in range(3):
+        f = tmp_path / f"f{i}.bin"
+        f.write_bytes(b"x" * 400)
+        files.append(f)
+    stored = s.store_uploads("clips", files[:2], quota_bytes=1000, quota_files=10)
+    assert [p.name for p in stored] == ["f0.bin", "f1.bin"] and s.uploaded_bytes == 800
+    with pytest.raises(InputError, match="upload limit of 0 MB"):
+        s.store_uploads("clips", files[2:], quota_bytes=1000, quota_files=10)
+    with pytest.raises(InputError, match="limit of 2 uploaded files"):
+        s.store_uploads("clips", files[2:], quota_bytes=None, quota_files=2)
+
+
+def test_job_time_limit_cancels_the_job(tmp_path: Path) -> None:
+    """A job past its time limit is cancelled and marked as timed out; a finished job's timer never fires."""
+    s = Sessions(_multi(tmp_path)).get("t")
+    token = s.new_job("slow", time_limit_s=0.2)
+    time.sleep(0.5)
+    assert token.cancelled and s.timed_out
+    quick = s.new_job("quick", time_limit_s=0.2)
+    s.end_job()
+    time.sleep(0.4)
+    assert not quick.cancelled and not s.cancel()
+
+
+def test_job_handler_cancel_keeps_outputs_and_errors_hide_paths(tmp_path: Path) -> None:
+    """Cancelled -> outputs skipped, no error; other errors -> one gr.Error with server paths reduced to base names."""
+    import gradio as gr
+
+    from aas_core.ui.common import UIContext, job_handler
+
+    config = _multi(tmp_path)
+    config._ready.set()
+    ctx = UIContext(config=config, sessions=Sessions(config), selected_clip=None, depth_ref=None, concepts_changed=None)
+
+    def cancelled(ctx, x):
+        raise Cancelled("cancelled by the user; finished work was kept")
+
+    def broken(ctx, x):
+        raise InputError(f"clip {tmp_path}/s/run-1/abc/uploads/clips-1/bikes.mp4 is missing")
+
+    skipped = job_handler(ctx, cancelled, outputs=2)(1)
+    assert isinstance(skipped, tuple) and len(skipped) == 2 and all(isinstance(v, dict) and v.get("__type__") == "update" for v in skipped)
+    with pytest.raises(gr.Error) as info:
+        job_handler(ctx, broken, outputs=1)(1)
+    assert info.value.message == "clip bikes.mp4 is missing"
+    import inspect
+
+    assert list(inspect.signature(job_handler(ctx, broken, outputs=1)).parameters) == ["x"]
+
+
+def test_allowed_paths_multi_user_serve_samples_only(tmp_path: Path) -> None:
+    """Multi-user: gradio may serve the public samples and nothing else by path (no weights/concepts, no sessions)."""
+    from aas_core.ui.app import allowed_paths
+    from aas_core.ui.samples import SAMPLES_DIR
+
+    assert allowed_paths(_multi(tmp_path)) == [str(SAMPLES_DIR)]
+    local = allowed_paths(AppConfig(weights_root=tmp_path / "w", library=tmp_path / "lib", cache_dir=tmp_path / "c"))
+    assert str(tmp_path / "w" / "concepts") in local
+
+
+def test_samples_are_real_footage_and_small() -> None:
+    """Three short Big Buck Bunny cuts and three stills ship with the app, well under 1 MB in all."""
+    from aas_core.ui.samples import SAMPLE_CLIPS, SAMPLES_DIR, sample_clips, sample_photos
+    from aas_core.video_io import probe
+
+    clips = sorted(sample_clips().glob("*.mp4"))
+    assert [c.name for c in clips] == sorted(SAMPLE_CLIPS)
+    assert all(1.0 < probe(c).duration < 2.5 and probe(c).width == 320 for c in clips)
+    assert len(sample_photos()) == 3 and all(Path(p).is_file() for p in sample_photos())
+    assert sum(f.stat().st_size for f in SAMPLES_DIR.rglob("*") if f.is_file()) < 1_000_000
+
+
+def test_missing_weights_named_with_download_command_locally_only(tmp_path: Path) -> None:
+    """Without weights the app builds; locally each tab names the command, in multi-user mode no command at all."""
     from aas_core.ui.app import build_app
 
     demo = build_app(AppConfig(weights_root=tmp_path / "empty", cache_dir=tmp_path / "cache"))
     texts = json.dumps(demo.get_config_file(), default=str)
     assert texts.count("Weights missing") == 5
     assert "python -m aas_core weights download sd15 animatediff-motion-adapter-v1-5-3" in texts
-    assert "python -m aas_core weights download clip-vit-b-32" in texts
     assert "Workflow preview" not in texts
+    web = json.dumps(build_app(AppConfig(weights_root=tmp_path / "empty", cache_dir=tmp_path / "cache", multi_user=True,
+                                         sessions_dir=tmp_path / "s")).get_config_file(), default=str)
+    assert "Models missing" in web and "python -m" not in web and str(tmp_path) not in web
 
 
-def test_grid_aligns_videos_of_different_lengths() -> None:
-    """Four panels make a 2x2 grid as long as the longest video."""
+def test_grid_aligns_and_labels_panels() -> None:
+    """Four panels make a 2x2 grid as long as the longest video; labels darken a bar at the top of each panel."""
     from aas_core.ui.compare import grid_frames
 
-    videos = [np.full((n, 8, 10, 3), k * 60, np.uint8) for k, n in enumerate((8, 9, 8, 9))]
+    videos = [np.full((n, 40, 50, 3), 60 + k * 40, np.uint8) for k, n in enumerate((8, 9, 8, 9))]
     grid = grid_frames(videos)
-    assert grid.shape == (9, 16, 20, 3)
-    assert grid[0, 0, 0, 0] == 0 and grid[0, 0, 10, 0] == 60 and grid[0, 8, 0, 0] == 120 and grid[8, 8, 10, 0] == 180
+    assert grid.shape == (9, 80, 100, 3)
+    assert grid[0, 20, 0, 0] == 60 and grid[0, 20, 50, 0] == 100 and grid[0, 60, 0, 0] == 140 and grid[8, 60, 50, 0] == 180
+    labelled = grid_frames(videos, ["1: a", "2: b", "3: c", "4: d"])
+    assert labelled[0, 2, 2, 0] < 60 and labelled[0, 30, 2, 0] == 60
 
 
 def test_tiny_weights_failure_is_reported_then_retried(tmp_path: Path, tiny_root: Path) -> None:

@@ -1,16 +1,23 @@
-"""Glue shared by every tab: session lookup, progress/cancel wiring, errors as gr.Error, weights notices."""
+"""What every tab shares: the UI context (sessions, visitor paths, job wrapper), progress with time left, messages.
+
+Tabs never import each other; anything two tabs need lives here.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
+import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import gradio as gr
 
 from aas_core.errors import AASError, Cancelled
+from aas_core.paths import redact_paths, resolve_visitor_path, visitor_name
 from aas_core.progress import ProgressFn
 from aas_core.ui.config import AppConfig
 from aas_core.ui.session import Session, Sessions
@@ -19,22 +26,29 @@ log = logging.getLogger("aas_core.ui")
 
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"]
 IMAGE_TYPES = [".jpg", ".jpeg", ".png", ".webp"]
+AUDIO_TYPES = [".mp3", ".wav", ".m4a", ".ogg", ".flac"]
 GPU_QUEUE = "gpu"
 """Every model-running event shares this concurrency id: one at a time on the accelerator."""
+GENERATION_MODELS = ["sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15"]
+"""What the default backend needs (named in weights notices of the Story and Compare tabs)."""
+CANCELLED = "Cancelled - finished work kept."
+_COMMAND_HINT = re.compile(r"[;,]?\s*(?:[\w'-]+\s+){0,3}?(?:(?:with|run|using|try)\s*:?\s*)?`?python3? -m aas_core(?:(?!\.\s)[^;)`\n])*`?")
+"""A CLI hint inside an engine message ('; make one with: python -m aas_core ...'): local users only."""
+NOTHING_RUNNING = "Nothing is running to cancel."
 
 
 @dataclass
 class UIContext:
-    """What every tab's `render` receives: settings, sessions and the states tabs share."""
+    """What every tab's `render`/`listen` receives: settings, sessions and the states tabs share."""
 
     config: AppConfig
     sessions: Sessions
-    selected_clip: gr.State
-    """{path, start, end, label} of the clip picked in the library (or uploaded in Motion Structure)."""
-    depth_ref: gr.State
-    """{folder, ...settings} of the last depth sequence made in Motion Structure."""
-    concepts_changed: gr.State
-    """Bumped when a concept is trained, imported or deleted, so concept pickers refresh."""
+    selected_clip: Any
+    """gr.State: {path, start, end, label} of the clip picked in the library (or uploaded in Motion Structure)."""
+    depth_ref: Any
+    """gr.State: {path, start, end, estimator, fit, speed, smoothing, frames, size} of the last depth preview."""
+    concepts_changed: Any
+    """gr.State bumped when a concept is trained, imported or deleted, so concept pickers refresh."""
     refreshers: list[tuple[Any, Callable[[], Any]]] = field(default_factory=list)
     """(component, fn) pairs re-evaluated on page load (e.g. weights notices after a download)."""
     loaders: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
@@ -44,61 +58,116 @@ class UIContext:
         """The visitor's session (private folders in multi-user mode)."""
         return self.sessions.get(getattr(request, "session_hash", None))
 
+    def resolve(self, session: Session, name: Any) -> Path:
+        """A file the visitor named: guarded to their session and the samples in multi-user mode, as given locally."""
+        if self.config.multi_user:
+            assert session.folder is not None
+            return resolve_visitor_path(name, session.folder, self.config.samples_dir)
+        text = str(name or "").strip()
+        path = Path(text).expanduser()
+        if not path.is_absolute() and session.folder is not None and not path.exists():
+            # Local mode: a bare upload or sample name works too.
+            try:
+                return resolve_visitor_path(text, session.folder, self.config.samples_dir)
+            except AASError:
+                pass
+        return path.absolute()
+
+    def show(self, session: Session, path: Any) -> str:
+        """How a file is written in the UI: the visitor's short name (multi-user) or the full path (local)."""
+        if self.config.multi_user and session.folder is not None:
+            return visitor_name(path, session.folder, self.config.samples_dir)
+        return str(path)
+
+    def message(self, text: str) -> str:
+        """A message fit for a web visitor (multi-user mode): no server paths, no command lines."""
+        if not self.config.multi_user:
+            return text
+        return redact_paths(_COMMAND_HINT.sub("", text))
+
+    def handler(self, fn: Callable, outputs: int, gpu: bool = False, duration: int = 120) -> Callable:
+        """Wrap a module-level handler `fn(ctx, ...)` for gradio (see `job_handler`)."""
+        return job_handler(self, fn, outputs, gpu, duration)
+
     def cancel(self, request: gr.Request) -> None:
-        """Cancel button handler: stop the visitor's running job at its next check.
-
-        Deliberately not gradio's `cancels=`: that drops the event while its worker thread keeps the GPU busy;
-        the token stops the engine itself, and the event then ends with the engine's "Cancelled" message.
-        """
-        self.session(request).cancel()
-        gr.Info("Cancelling: the job stops at its next step; finished work is kept.")
-
-
-def progress_fn(progress: gr.Progress) -> ProgressFn:
-    """An engine ProgressFn driving a gr.Progress bar."""
-    return lambda fraction, message: progress(fraction, desc=message)
-
-
-def _as_gr_error(exc: BaseException) -> gr.Error:
-    if isinstance(exc, gr.Error):
-        return exc
-    if isinstance(exc, Cancelled):
-        return gr.Error(str(exc), title="Cancelled")
-    if isinstance(exc, (AASError, ValueError, FileNotFoundError)):
-        return gr.Error(str(exc))
-    log.exception("unexpected error in the app")
-    return gr.Error(f"{type(exc).__name__}: {exc}. This is a bug; please report it with the steps that led here.")
-
-
-def action(config: AppConfig, gpu: bool = False, duration: int = 120) -> Callable[[Callable], Callable]:
-    """Wrap an event handler: wait for tiny models, turn engine errors into gr.Error, run on ZeroGPU when present."""
-
-    def wrap(fn: Callable) -> Callable:
-        if inspect.isgeneratorfunction(fn):
-
-            @functools.wraps(fn)
-            def run_gen(*args: Any, **kwargs: Any):
-                try:
-                    config.wait_ready()
-                    yield from fn(*args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a message
-                    raise _as_gr_error(exc) from exc
-
-            wrapped = run_gen
+        """Cancel/Stop button: acknowledge at once; the engine stops at its next check and keeps finished work."""
+        if self.session(request).cancel():
+            gr.Info("Cancelling...")
         else:
+            gr.Info(NOTHING_RUNNING)
 
-            @functools.wraps(fn)
-            def run(*args: Any, **kwargs: Any):
-                try:
-                    config.wait_ready()
-                    return fn(*args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a message
-                    raise _as_gr_error(exc) from exc
 
-            wrapped = run
-        return _zero_gpu(wrapped, duration) if gpu else wrapped
+def _request_of(args: Sequence[Any], kwargs: dict[str, Any]) -> Optional[gr.Request]:
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
 
-    return wrap
+
+def _skips(outputs: int) -> Any:
+    return tuple(gr.skip() for _ in range(outputs)) if outputs != 1 else gr.skip()
+
+
+def job_handler(ctx: UIContext, fn: Callable, outputs: int, gpu: bool = False, duration: int = 120) -> Callable:
+    """`fn(ctx, *inputs, request, progress)` as a gradio handler.
+
+    Waits for tiny models; a cancelled job ends with a neutral notice and leaves every output as it was;
+    a job past the time limit says so; other failures become one gr.Error whose text never shows a server
+    path in multi-user mode; on ZeroGPU hardware the call gets a GPU.
+    """
+    config = ctx.config
+
+    def fail(exc: BaseException, request: Optional[gr.Request]) -> Optional[gr.Error]:
+        session = ctx.session(request) if request is not None else None
+        if isinstance(exc, Cancelled):
+            if session is not None and session.timed_out:
+                gr.Warning(f"Stopped: one job may run {config.job_time_limit_s // 60} minutes here. Finished work kept.")
+            else:
+                gr.Info(CANCELLED)
+            return None
+        if isinstance(exc, gr.Error):
+            return gr.Error(ctx.message(str(exc.message)), title=exc.title)
+        if isinstance(exc, (AASError, ValueError, FileNotFoundError)):
+            return gr.Error(ctx.message(str(exc)))
+        log.exception("unexpected error in the app")
+        return gr.Error(ctx.message(f"{type(exc).__name__}: {exc}. This is a bug; please report it with the steps that led here."))
+
+    def finish(request: Optional[gr.Request]) -> None:
+        if request is not None:
+            ctx.session(request).end_job()
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any):
+            request = _request_of(args, kwargs)
+            try:
+                config.wait_ready()
+                yield from fn(ctx, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a message
+                error = fail(exc, request)
+                if error is not None:
+                    raise error from exc
+                yield _skips(outputs)
+            finally:
+                finish(request)
+    else:
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any):
+            request = _request_of(args, kwargs)
+            try:
+                config.wait_ready()
+                return fn(ctx, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a message
+                error = fail(exc, request)
+                if error is not None:
+                    raise error from exc
+                return _skips(outputs)
+            finally:
+                finish(request)
+
+    # gradio reads the signature for inputs, gr.Request and gr.Progress: hide the bound context.
+    signature = inspect.signature(fn)
+    wrapped.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]
+    return _zero_gpu(wrapped, duration) if gpu else wrapped
 
 
 def _zero_gpu(fn: Callable, duration: int) -> Callable:
@@ -110,8 +179,30 @@ def _zero_gpu(fn: Callable, duration: int) -> Callable:
     return spaces.GPU(duration=duration)(fn)
 
 
+def time_left(elapsed: float, fraction: float) -> str:
+    """A short 'about N s left' estimate from the time spent and the fraction done ('' too early to tell)."""
+    if fraction <= 0.02 or elapsed < 1.0 or fraction >= 1.0:
+        return ""
+    left = elapsed * (1.0 - fraction) / fraction
+    if left < 60:
+        return f"about {max(1, round(left))} s left"
+    return f"about {round(left / 60)} min left"
+
+
+def progress_fn(progress: gr.Progress, job: str = "") -> ProgressFn:
+    """An engine ProgressFn driving the job's gr.Progress bar: the job's name, the step and the time left."""
+    began = time.monotonic()
+
+    def update(fraction: float, message: str) -> None:
+        left = time_left(time.monotonic() - began, fraction)
+        parts = [p for p in (job, message, left) if p]
+        progress(fraction, desc=" · ".join(parts))
+
+    return update
+
+
 def missing_weights(config: AppConfig, names: Iterable[str]) -> str:
-    """Markdown naming the models a tab needs that are not in the weights folder, with the download command."""
+    """Markdown naming the models a tab needs that are not in the weights folder (with the command, locally)."""
     if config.tiny:
         return ""
     from aas_core.weights import status
@@ -119,7 +210,10 @@ def missing_weights(config: AppConfig, names: Iterable[str]) -> str:
     missing = [n for n in names if not status(n, config.weights_root).present]
     if not missing:
         return ""
-    root = "" if str(config.weights_root) == str(_default_root()) else f" --dir {config.weights_root}"
+    if config.multi_user:
+        return (f"**Models missing** for this tab: {', '.join(missing)}. This app's operator has not installed them yet; "
+                "the other tabs still work.")
+    root = "" if str(config.weights_root) == str(_default_root()) else f" --weights {config.weights_root}"
     return (
         f"**Weights missing** for this tab: {', '.join(missing)}. Fetch them with\n\n"
         f"`python -m aas_core weights download {' '.join(missing)}{root}`\n\n"
@@ -127,7 +221,7 @@ def missing_weights(config: AppConfig, names: Iterable[str]) -> str:
     )
 
 
-def _default_root():
+def _default_root() -> Path:
     from aas_core.weights import weights_dir
 
     return weights_dir()
@@ -139,3 +233,69 @@ def files_of(upload: Any) -> list[str]:
         return []
     items = upload if isinstance(upload, list) else [upload]
     return [getattr(item, "name", item) for item in items]
+
+
+def store_uploads(ctx: UIContext, session: Session, kind: str, upload: Any) -> list[Path]:
+    """Copy a gr.File value into the visitor's session (within their total upload quota in multi-user mode)."""
+    paths = files_of(upload)
+    if not paths:
+        return []
+    quota = (ctx.config.quota_mb * 1_000_000, ctx.config.quota_files) if ctx.config.multi_user else (None, None)
+    return session.store_uploads(kind, paths, *quota)
+
+
+def run_lock(buttons: Sequence[Any], stop: Any = None) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(lock, unlock) handlers: run buttons greyed out while a job runs; the Stop button shown only then."""
+
+    def lock():
+        updates = [gr.update(interactive=False) for _ in buttons]
+        return (*updates, gr.update(visible=True)) if stop is not None else tuple(updates)
+
+    def unlock():
+        updates = [gr.update(interactive=True) for _ in buttons]
+        return (*updates, gr.update(visible=False)) if stop is not None else tuple(updates)
+
+    return lock, unlock
+
+
+def wire_job(trigger: Any, fn: Callable, inputs: list[Any], outputs: list[Any], *, buttons: Sequence[Any], stop: Any = None,
+             status: Any = None, api_name: Any = False, queue_id: Optional[str] = GPU_QUEUE) -> Any:
+    """trigger -> lock the run buttons -> the job (progress shown on `status` only) -> unlock, whatever happened."""
+    lock, unlock = run_lock(buttons, stop)
+    switch = [*buttons, stop] if stop is not None else list(buttons)
+    locked = trigger(lock, None, switch, queue=False, api_name=False)
+    extra = {"show_progress_on": [status]} if status is not None else {}
+    ran = locked.then(fn, inputs, outputs, concurrency_id=queue_id, api_name=api_name, **extra)
+    ran.then(unlock, None, switch, queue=False, api_name=False)
+    return ran
+
+
+TITLE_PROGRESS_JS = """
+() => {
+  const base = document.title || "Animate-A-Story";
+  setInterval(() => {
+    const eta = document.querySelector(".progress-text, .eta-bar ~ .progress-text, .meta-text-center, .meta-text");
+    const level = document.querySelector(".progress-level-inner");
+    const busy = document.querySelector(".wrap.generating, .generating");
+    let text = "";
+    if (level && level.textContent.trim()) text = level.textContent.trim();
+    else if (eta && eta.textContent.trim()) text = eta.textContent.trim();
+    document.title = busy || text ? `⏳ ${text.slice(0, 60)} · ${base}` : base;
+  }, 700);
+}
+"""
+"""Shows the running job's progress in the browser tab title (visible from another tab)."""
+
+
+def search_library(ctx: UIContext, session: Session, query: Optional[str], **options: Any) -> list[Any]:
+    """`library.search` in the visitor's library; an empty library gets a message that points at the Clip Library tab."""
+    from aas_core import library
+    from aas_core.errors import InputError
+
+    try:
+        return library.search(query, library=session.library, weights_root=ctx.config.weights_root, **options)
+    except InputError as exc:
+        if not session.library.exists() or not any(session.library.iterdir()):
+            raise InputError("your clip library is empty: upload clips or click 'Add the sample clips' in 1. Clip Library, "
+                             "then search again") from exc
+        raise

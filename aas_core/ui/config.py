@@ -25,6 +25,25 @@ TINY_LABEL = (
     "**Workflow preview**: this app runs on tiny random-weight models (`--tiny`). Every picture and video it makes is "
     "noise that only shows the workflow; download the real models (`python -m aas_core weights download`) for real results."
 )
+TINY_LABEL_WEB = (
+    "**Workflow preview**: this app runs on tiny random-weight models. Every picture and video it makes is noise that "
+    "only shows the workflow; real results need the app to run with the real models."
+)
+
+
+def tiny_label(multi_user: bool) -> str:
+    """The preview banner: with the download command locally, without commands for web visitors."""
+    return TINY_LABEL_WEB if multi_user else TINY_LABEL
+
+
+_LIMIT_ENV = {
+    "quota_mb": "AAS_QUOTA_MB",
+    "quota_files": "AAS_QUOTA_FILES",
+    "job_time_limit_s": "AAS_JOB_TIME_LIMIT_S",
+    "api_session_ttl_s": "AAS_API_SESSION_TTL_S",
+    "session_ttl_s": "AAS_SESSION_TTL_S",
+}
+"""Operator overrides of the per-visitor limits (whole numbers)."""
 
 
 def _flag(name: str) -> bool:
@@ -54,11 +73,21 @@ class AppConfig:
     outputs: Path = Path("outputs") / "app"
     sessions_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "aas-sessions")
     max_upload_mb: int = 200
+    """Largest single upload (gradio refuses bigger files before they reach a handler)."""
+    quota_mb: int = 500
+    """All of one visitor's uploads together (multi-user mode)."""
+    quota_files: int = 60
+    """Number of files one visitor may upload in all (multi-user mode)."""
     max_clips: int = 20
     max_photos: int = 20
     min_photos: int = 3
     queue_size: int = 20
     session_ttl_s: int = 3 * 3600
+    """A browser session idle this long is dropped even if its tab never said goodbye."""
+    api_session_ttl_s: int = 15 * 60
+    """A session that never loaded the page (plain HTTP calls) is dropped after this much idle time."""
+    job_time_limit_s: int = 30 * 60
+    """One queued job may run this long; then it is cancelled so the GPU queue moves on."""
     _ready: threading.Event = field(default_factory=threading.Event, repr=False)
     _started: threading.Event = field(default_factory=threading.Event, repr=False)
     _error: list[str] = field(default_factory=list, repr=False)
@@ -70,13 +99,21 @@ class AppConfig:
         if multi_user is None:
             multi_user = _flag("AAS_MULTI_USER") or bool(os.environ.get("SPACE_ID"))
         cache = app_cache_dir()
+        limits = {name: int(os.environ[env]) for name, env in _LIMIT_ENV.items() if os.environ.get(env, "").strip().isdigit()}
         if tiny:
             root = Path(os.environ.get("AAS_TINY_DIR") or cache / "tiny-weights").expanduser().absolute()
-            config = cls(weights_root=root, tiny=True, multi_user=multi_user, cache_dir=cache, library=root / "library")
+            config = cls(weights_root=root, tiny=True, multi_user=multi_user, cache_dir=cache, library=root / "library", **limits)
         else:
-            config = cls(weights_root=weights_dir(), multi_user=multi_user, cache_dir=cache)
+            config = cls(weights_root=weights_dir(), multi_user=multi_user, cache_dir=cache, **limits)
             config._ready.set()
         return config
+
+    @property
+    def samples_dir(self) -> Path:
+        """The read-only sample clips and photos shipped with the app (served to every visitor)."""
+        from aas_core.ui.samples import SAMPLES_DIR
+
+        return SAMPLES_DIR
 
     def prepare_async(self) -> None:
         """Write missing tiny models in the background, so the first page loads at once."""

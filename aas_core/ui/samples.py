@@ -1,72 +1,69 @@
-"""Sample media a first-time visitor can click: short synthetic clips and character photos (made once, cached)."""
+"""Sample media a first-time visitor can click: three short cuts and three stills of Big Buck Bunny (CC-BY 3.0).
+
+The files ship inside the package (`assets/`, read-only, served to every visitor); `make_samples` rebuilds them
+from the film: `python -m aas_core.ui.samples bigbuckbunny.mp4`.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import numpy as np
-
-from aas_core.fsutil import atomic_path
-
-SAMPLE_CLIPS: dict[str, tuple[tuple[int, int, int], tuple[int, int]]] = {
-    "red-ball-rolls-right.mp4": ((220, 40, 40), (1, 0)),
-    "blue-box-rises.mp4": ((40, 80, 230), (0, -1)),
-    "green-kite-drifts-left.mp4": ((40, 200, 60), (-1, 0)),
+SAMPLES_DIR = Path(__file__).resolve().parent / "assets"
+"""The app's public sample folder: clips/ and photos/."""
+CREDIT = ("Sample footage: *Big Buck Bunny* (c) copyright 2008, Blender Foundation, www.bigbuckbunny.org, "
+          "licensed under [CC-BY 3.0](https://creativecommons.org/licenses/by/3.0/); cut and scaled down.")
+SAMPLE_CLIPS: dict[str, tuple[float, float]] = {
+    "bunny-emerges.mp4": (0.0, 1.76),
+    "bunny-stretches.mp4": (1.76, 3.52),
+    "bunny-yawns.mp4": (3.52, 5.28),
 }
-SAMPLE_PHOTOS: tuple[str, ...] = ("hero-1.png", "hero-2.png", "hero-3.png")
-SIZE = (192, 128)
-FRAMES = 36
-FPS = 12.0
+"""Cut name -> span (seconds) in the source film."""
+SAMPLE_PHOTOS: dict[str, float] = {"bunny-1.jpg": 1.0, "bunny-2.jpg": 3.0, "bunny-3.jpg": 4.8}
+"""Still name -> time (seconds) of the frame the character is cropped from."""
+SIZE = (320, 180)
+FPS_DIVISOR = 2
+"""Keep every second frame: 12.5 fps is plenty for motion retrieval and keeps the files small."""
+PHOTO_BOX = (0.08, 0.12, 0.5, 0.9)
+"""Crop of the character in the source frame (left, top, right, bottom as fractions)."""
 
 
-def _clip_frames(colour: tuple[int, int, int], direction: tuple[int, int]) -> np.ndarray:
-    width, height = SIZE
-    ys, xs = np.mgrid[0:height, 0:width]
-    sky = np.linspace(200, 90, height)[:, None, None] * np.array([0.55, 0.75, 1.0])
-    ground = (ys > height * 0.7)[..., None]
-    background = np.where(ground, np.array([70, 120, 60]), sky).astype(np.float32)
-    out = np.empty((FRAMES, height, width, 3), np.uint8)
-    for i in range(FRAMES):
-        f = i / (FRAMES - 1)
-        cx = width / 2 + direction[0] * (f - 0.5) * width * 0.7
-        cy = height / 2 + direction[1] * (f - 0.5) * height * 0.6
-        inside = ((xs - cx) ** 2 + (ys - cy) ** 2) < (height * 0.14) ** 2
-        out[i] = np.where(inside[..., None], np.array(colour, np.float32), background).astype(np.uint8)
-    return out
+def sample_clips(_cache_dir: object = None) -> Path:
+    """The folder of sample clips."""
+    return SAMPLES_DIR / "clips"
 
 
-def sample_clips(cache_dir: Path) -> Path:
-    """A folder of three short clips (a ball rolling, a box rising, a kite drifting), written once."""
-    from aas_core.video_io import write_video
-
-    folder = cache_dir / "samples" / "clips"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, (colour, direction) in SAMPLE_CLIPS.items():
-        if not (folder / name).is_file():
-            write_video(folder / name, _clip_frames(colour, direction), FPS)
-    return folder
+def sample_photos(_cache_dir: object = None) -> list[str]:
+    """The sample character's photos."""
+    return [str(SAMPLES_DIR / "photos" / name) for name in SAMPLE_PHOTOS]
 
 
-def sample_photos(cache_dir: Path) -> list[str]:
-    """Three photos of one cartoon character from slightly different views, written once."""
-    from PIL import Image, ImageDraw
+def make_samples(source: str | Path, folder: Path = SAMPLES_DIR) -> list[Path]:
+    """Cut the sample clips and stills out of `source` (the Big Buck Bunny film) into `folder`."""
+    import numpy as np
+    from PIL import Image
 
-    folder = cache_dir / "samples" / "photos"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, name in enumerate(SAMPLE_PHOTOS):
-        path = folder / name
-        if not path.is_file():
-            img = Image.new("RGB", (256, 256), (235, 225, 200))
-            draw = ImageDraw.Draw(img)
-            dx = (i - 1) * 18
-            draw.ellipse((68 + dx, 48, 188 + dx, 176), fill=(250, 200, 150), outline=(90, 60, 40), width=3)
-            draw.ellipse((100 + dx, 92, 116 + dx, 108), fill=(40, 40, 40))
-            draw.ellipse((140 + dx, 92, 156 + dx, 108), fill=(40, 40, 40))
-            draw.arc((104 + dx, 120, 152 + dx, 150), 10, 170, fill=(160, 40, 40), width=4)
-            draw.rectangle((88 + dx, 176, 168 + dx, 256), fill=(200, 60, 60))
-            draw.polygon([(64 + dx, 60), (128 + dx, 10), (192 + dx, 60)], fill=(60, 60, 160))
-            with atomic_path(path, suffix=".png") as tmp:
-                img.save(tmp, format="PNG")
-        paths.append(str(path))
-    return paths
+    from aas_core.fsutil import atomic_path
+    from aas_core.video_io import iter_frames, probe, write_video
+
+    fps = probe(source).fps / FPS_DIVISOR
+    written = []
+    for name, (start, end) in SAMPLE_CLIPS.items():
+        frames = [np.asarray(Image.fromarray(f.rgb).resize(SIZE, Image.LANCZOS))
+                  for i, f in enumerate(iter_frames(source, start, end)) if i % FPS_DIVISOR == 0]
+        written.append(write_video(folder / "clips" / name, frames, fps))
+    for name, at in SAMPLE_PHOTOS.items():
+        frame = next(iter_frames(source, at, at + 0.2)).rgb
+        h, w = frame.shape[:2]
+        box = (int(PHOTO_BOX[0] * w), int(PHOTO_BOX[1] * h), int(PHOTO_BOX[2] * w), int(PHOTO_BOX[3] * h))
+        path = folder / "photos" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".jpg") as tmp:
+            Image.fromarray(frame).crop(box).resize((256, 256), Image.LANCZOS).save(tmp, format="JPEG", quality=85)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in make_samples(sys.argv[1]):
+        print(written_path, written_path.stat().st_size)

@@ -1,326 +1,665 @@
-"""Story tab: text -> editable shot list -> generate one / all shots -> stitch -> play and download; save/load projects."""
+"""Story tab: text -> storyboard of shot cards -> takes per shot (pick one) -> stitch; save and load projects.
+
+`render` builds the components, `listen` wires them; the handlers below are module-level functions taking the
+UI context first (testable without a browser). The board data itself lives in `aas_core.ui.board`.
+"""
 
 from __future__ import annotations
 
-import math
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
+from aas_core.errors import InputError
 from aas_core.generate import BACKENDS
 from aas_core.stitch import TRANSITIONS
-from aas_core.ui.common import GPU_QUEUE, UIContext, action, files_of, missing_weights, progress_fn
-from aas_core.ui.library import hit_label
+from aas_core.ui import board as boards
+from aas_core.ui.board import StorySettings
+from aas_core.ui.common import (
+    AUDIO_TYPES, GENERATION_MODELS, UIContext, files_of, missing_weights, progress_fn, search_library, store_uploads, wire_job,
+)
+from aas_core.ui.samples import CREDIT, SAMPLE_CLIPS
 
-SHOT_COLUMNS = ["id", "query", "prompt", "caption", "clip", "seed", "strength"]
-EXAMPLE_STORIES = [
-    ["The kite", "a red ball rolling to the right | <hero> kicks a red ball across a meadow | Hero plays in the meadow\n"
-                 "a kite drifting left | a green kite drifts over the hills at sunset | The kite flies away"],
-    ["Morning", "A boy walks to school. A dog runs after him. They reach the gate together."],
-]
-AUDIO_TYPES = [".mp3", ".wav", ".m4a", ".ogg", ".flac"]
-GENERATION_MODELS = ["sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15", DEFAULT_ESTIMATOR]
-"""What the default backend and depth estimator need (named in the weights notice)."""
-
-
-def clip_text(clip: Any) -> str:
-    """A shot's clip as table text: `auto`, a path, or `path@start-end`."""
-    if isinstance(clip, str):
-        return clip
-    end = "" if clip.end is None else f"{clip.end:g}"
-    return f"{clip.path}@{clip.start:g}-{end}"
+EXAMPLE_TITLE = "The bunny wakes up"
+EXAMPLE_TEXT = (
+    "a rabbit comes out of its burrow | a big white rabbit climbs out of a burrow on a sunny meadow | Morning in the meadow\n"
+    "a rabbit stretches its arms | a big white rabbit stretches in the grass, soft morning light | A long stretch\n"
+    "a rabbit yawns | a big white rabbit yawns happily under a tree | Ready for the day"
+)
+EXAMPLE_STORIES = [[EXAMPLE_TITLE, EXAMPLE_TEXT],
+                   ["Morning", "A boy walks to school. A dog runs after him. They reach the gate together."]]
+RUN_FOLDER = "story"
+SETTING_NAMES = ("backend", "width", "height", "frames", "steps", "estimator", "transition", "transition_s", "captions", "title_card")
 
 
-def parse_clip(text: Any) -> Any:
-    """Table text back to the story's clip choice."""
-    from aas_core.story import ClipRef
+@dataclass
+class StoryParts:
+    """The Story tab's components (what `listen` wires)."""
 
-    text = str(text or "").strip()
-    if not text or text == "auto":
-        return "auto"
-    if "@" in text:
-        path, span = text.rsplit("@", 1)
-        start, _, end = span.partition("-")
-        try:
-            return ClipRef(path=path, start=float(start or 0), end=float(end) if end else None)
-        except ValueError as exc:
-            raise gr.Error(f"clip {text!r}: write path@start-end in seconds, e.g. clip.mp4@1.5-4 ({exc})") from exc
-    return text
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value))
-
-
-def _number(value: Any, column: str, kind: type) -> Any:
-    try:
-        return kind(float(value))
-    except (TypeError, ValueError):
-        raise gr.Error(f"the {column} column holds {value!r}; write a number or leave it empty for the default") from None
+    title: Any
+    text: Any
+    board: Any
+    version: Any
+    settings: Any
+    controls: dict[str, Any]
+    music: Any
+    shot_pick: Any
+    candidates: Any
+    hits: Any
+    buttons: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    project_in: Any = None
+    project_out: Any = None
+    status: Any = None
 
 
-def rows_of(story: Any) -> list[list[Any]]:
-    """The editable table of a story's shots."""
-    rows = []
-    for shot in story.shots:
-        strength = f"{shot.generate.strength:g}" if shot.generate and shot.generate.strength is not None else ""
-        rows.append([shot.id, shot.query, shot.prompt, shot.caption, clip_text(shot.clip),
-                     "" if shot.seed is None else str(shot.seed), str(strength)])
-    return rows
+# ---- pure helpers -------------------------------------------------------------------------------------------------
 
-
-def story_of(title: str, rows: list[list[Any]], backend: str, width: float, height: float, frames: float, steps: float,
-             estimator: str, transition: str, transition_s: float, captions: bool, title_card: bool,
-             music: Optional[str]) -> Any:
-    """The Story the tab's fields describe (validated by the story schema)."""
-    from aas_core.story import Character, Defaults, DepthSettings, GenerateSettings, Output, Shot, Story
-    from aas_core.story.schema import TOKEN, with_ids
-
-    shots = []
-    for row in rows or []:
-        row = list(row) + [""] * (len(SHOT_COLUMNS) - len(row))
-        shot_id, query, prompt, caption, clip, seed, strength = row[: len(SHOT_COLUMNS)]
-        if _blank(prompt):
-            continue
-        shots.append(Shot(
-            id="" if _blank(shot_id) else str(shot_id).strip(), query="" if _blank(query) else str(query),
-            prompt=str(prompt), caption="" if _blank(caption) else str(caption), clip=parse_clip(clip),
-            seed=None if _blank(seed) else _number(seed, "seed", int),
-            generate=None if _blank(strength) else GenerateSettings(strength=_number(strength, "strength", float)),
-        ))
-    if not shots:
-        raise gr.Error("the shot list is empty: write the story above and click 'Draft shot list'")
-    names = sorted({n for s in shots for n in TOKEN.findall(s.prompt)})
-    return with_ids(Story(
-        title=title or "",
-        characters=[Character(name=n) for n in names],
-        defaults=Defaults(
-            generate=GenerateSettings(backend=backend, width=int(width), height=int(height), frames=int(frames), steps=int(steps)),
-            depth=DepthSettings(estimator=estimator), transition=transition, transition_duration=float(transition_s),
-        ),
-        output=Output(title_card=bool(title_card), captions=bool(captions), music=music),
-        shots=shots,
-    ))
-
-
-def status_markdown(run: Any, tiny: bool) -> str:
-    """One line per shot: status, time, metrics or error."""
-    lines = ["| shot | status | seconds | text match | consistency | depth adherence | identity |", "|---|---|---|---|---|---|---|"]
+def status_markdown(run: Any, tiny: bool, board: Optional[list[dict[str, Any]]] = None) -> str:
+    """One line per shot of a run: status, time, metrics or error; the takes of each shot when a board is given."""
+    takes = {c["id"]: len(c["takes"]) for c in board or []}
+    lines = ["| shot | status | takes | seconds | text match | consistency | depth adherence | identity |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in run.shots:
         m = s.metrics or {}
 
         def fmt(key: str) -> str:
             value = m.get(key)
-            return "-" if value is None else f"{value:.3f}"
+            return "-" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
         status = s.status + (f": {s.error}" if s.error else "")
-        lines.append(f"| {s.id} | {status} | {s.seconds:.1f} | {fmt('clip_text_similarity')} | {fmt('frame_consistency')} | "
-                     f"{fmt('depth_adherence')} | {fmt('character_identity')} |")
+        lines.append(f"| {s.id} | {status} | {takes.get(s.id, '-')} | {s.seconds:.1f} | {fmt('clip_text_similarity')} | "
+                     f"{fmt('frame_consistency')} | {fmt('depth_adherence')} | {fmt('character_identity')} |")
     if tiny or any(s.tiny for s in run.shots):
         lines.append("\n*Made with tiny random models: a workflow preview, not a real result.*")
     return "\n".join(lines)
 
 
-def render(ctx: UIContext) -> None:
-    """Build the tab and wire its events."""
+def _choices(board: list[dict[str, Any]], keep: Optional[str] = None) -> Any:
+    ids = [c["id"] for c in board]
+    return gr.update(choices=ids, value=keep if keep in ids else (ids[0] if ids else None))
+
+
+def _resolver(ctx: UIContext, session: Any):
+    return lambda name: str(ctx.resolve(session, name))
+
+
+def _thumb(session: Any, video: str) -> Optional[str]:
+    """A small first-frame PNG beside a take's video (the card and take gallery show it)."""
+    from PIL import Image
+
+    from aas_core.video_io import iter_frames
+
+    out = Path(video).with_name("thumb.png")
+    if not out.is_file():
+        try:
+            frame = next(iter(iter_frames(video))).rgb
+        except (StopIteration, OSError, ValueError):
+            return None
+        Image.fromarray(frame).save(out)
+    return str(out)
+
+
+def _run(ctx: UIContext, session: Any, story: Any, only: Optional[list[str]], progress: gr.Progress, job: str) -> Any:
+    from aas_core.story import run_story
+
+    return run_story(story, out_dir=session.outputs / RUN_FOLDER, only=only, weights_root=session.weights_root,
+                     library=session.library, on_progress=progress_fn(progress, job),
+                     cancel=session.new_job(job, ctx.config.job_time_limit_s))
+
+
+def _music(ctx: UIContext, session: Any, settings: StorySettings) -> Optional[str]:
+    return str(ctx.resolve(session, settings.music)) if settings.music else None
+
+
+def _record_takes(ctx: UIContext, session: Any, board: list[dict[str, Any]], run: Any, settings: StorySettings,
+                  ids: list[str]) -> list[dict[str, Any]]:
+    """Every shot of `ids` that the run made gets a new take (earlier takes stay); the seed used is recorded."""
+    from aas_core.story import load_story
+
+    resolved = {s.id: s for s in load_story(Path(run.out_dir) / "story.yaml").shots}
+    for outcome in run.shots:
+        if outcome.id not in ids or outcome.status not in ("generated", "cached") or not outcome.video:
+            continue
+        card = boards.find(board, outcome.id)
+        record = {**card, "seed": resolved[outcome.id].seed if outcome.id in resolved else card.get("seed")}
+        thumb = _thumb(session, outcome.video)
+        take = boards.take_of(record, settings, outcome, lambda p: ctx.show(session, p), ctx.show(session, thumb) if thumb else None)
+        take["seed"] = record["seed"]
+        board = boards.add_take(board, outcome.id, take)
+    for outcome in run.shots:
+        if outcome.id in ids and outcome.status == "failed":
+            boards.find(board, outcome.id)["status"] = "failed"
+    return board
+
+
+def _take_videos(ctx: UIContext, session: Any, card: dict[str, Any]) -> tuple[Any, Any]:
+    if card["pick"] is None:
+        return gr.skip(), gr.skip()
+    take = card["takes"][card["pick"]]
+    video = str(ctx.resolve(session, take["video"]))
+    comparison = str(ctx.resolve(session, take["comparison"])) if take.get("comparison") else None
+    return video, comparison
+
+
+# ---- handlers (module level; ctx first) -----------------------------------------------------------------------------
+
+def draft(ctx: UIContext, text: str, title: str, request: gr.Request):
+    """Story text -> a fresh storyboard."""
+    from aas_core.story import draft_story
+
+    board = boards.board_from_story(draft_story(text or "", title=title or ""))
+    return board, time.time(), _choices(board)
+
+
+def settings_of(ctx: UIContext, current: Any, *values: Any) -> dict[str, Any]:
+    """The settings object from the settings controls (music kept)."""
+    settings = StorySettings.parse(current)
+    merged = {**settings.to_dict(), **dict(zip(SETTING_NAMES, values))}
+    return StorySettings.parse(merged).to_dict()
+
+
+def attach_music(ctx: UIContext, upload: Any, current: Any, request: gr.Request):
+    """A music upload becomes part of the visitor's session and of the settings (None removes it)."""
+    settings = StorySettings.parse(current)
+    session = ctx.session(request)
+    stored = store_uploads(ctx, session, "music", upload)
+    settings.music = ctx.show(session, stored[0]) if stored else None
+    return settings.to_dict()
+
+
+def save_project(ctx: UIContext, title: str, text: str, board: Any, settings: Any, request: gr.Request) -> str:
+    """The storyboard as a project file (a runnable story YAML + the app's state), clips named relative to it."""
+    from aas_core.fsutil import atomic_write_bytes
+    from aas_core.story import dump_story
+
+    session = ctx.session(request)
+    settings = StorySettings.parse(settings)
+    board = boards.normalized(board)
+    folder = session.outputs / "projects"
+    name = "".join(ch if ch.isalnum() else "-" for ch in (title or "story")).strip("-").lower()[:60] or "story"
+    story = boards.story_from_board(title, board, settings, lambda n: _relative(ctx, session, n, folder),
+                                    music=_relative(ctx, session, settings.music, folder) if settings.music else None)
+    path = folder / f"{name}.yaml"
+    atomic_write_bytes(path, boards.project_text(dump_story(story), text or "", settings, board).encode("utf-8"))
+    return str(path)
+
+
+def _relative(ctx: UIContext, session: Any, name: str, folder: Path) -> str:
+    """How a project names a file: the visitor's short name for their uploads and samples, else relative to the project."""
+    import os
+
+    path = ctx.resolve(session, name)
+    short = ctx.show(session, path) if ctx.config.multi_user else None
+    if short is not None:
+        return short
+    from aas_core.paths import visitor_name
+
+    if session.folder is not None:
+        candidate = visitor_name(path, session.folder, ctx.config.samples_dir)
+        if ctx.resolve(session, candidate) == path:
+            return candidate
+    return os.path.relpath(path, folder)
+
+
+def load_project(ctx: UIContext, file: Any, request: gr.Request):
+    """A project (or any story file) back onto the board: title, text, settings, clips, takes and picks.
+
+    Every file it names passes the visitor path guard (multi-user mode): a project naming someone else's file
+    or a server file is refused as a whole.
+    """
+    from aas_core.story import load_story
+
+    paths = files_of(file)
+    if not paths:
+        return (gr.skip(),) * (7 + len(SETTING_NAMES))
+    session = ctx.session(request)
+    story = load_story(paths[0])
+    state = boards.app_state(Path(paths[0]).read_text(encoding="utf-8"))
+    projects = session.outputs / "projects"
+
+    def name_of(raw: str) -> str:
+        # Relative names are tried against the app's project folder first (where the app saved it).
+        beside = projects / raw
+        if not ctx.config.multi_user and not Path(raw).is_absolute() and beside.is_file():
+            return ctx.show(session, beside.resolve())
+        return ctx.show(session, ctx.resolve(session, raw))
+
+    refused = []
+    for shot in story.shots:
+        clip = shot.clip
+        raw = clip if isinstance(clip, str) else clip.path
+        if raw != "auto":
+            try:
+                name_of(raw)
+            except InputError as exc:
+                refused.append(f"{shot.id}: {exc}")
+    for label, raw in (("music", story.output.music), ("library", story.library)):
+        if raw and ctx.config.multi_user:
+            refused.append(f"{label}: {boards_base(raw)} is not allowed in a shared app; upload music in Settings")
+    if refused:
+        raise InputError("this project names files you cannot use here:\n" + "\n".join(refused))
+    board = boards.board_from_story(story, name_of)
+    kept = state.get("takes") or {}
+    lost = 0
+    for card in board:
+        saved = kept.get(card["id"]) or {}
+        takes = []
+        for take in saved.get("takes") or []:
+            try:
+                ctx.resolve(session, take["video"])
+                takes.append(take)
+            except (InputError, KeyError, TypeError):
+                lost += 1
+        if takes:
+            card["takes"] = takes
+            pick_at = saved.get("pick")
+            card["pick"] = pick_at if isinstance(pick_at, int) and 0 <= pick_at < len(takes) else len(takes) - 1
+            card["status"] = f"take {card['pick'] + 1} of {len(takes)}"
+        card["thumb"] = saved.get("thumb")
+    settings = StorySettings.parse({k: v for k, v in (state.get("settings") or {}).items() if k != "music"})
+    settings.backend = story.defaults.generate.backend or settings.backend
+    for key in ("width", "height", "frames", "steps"):
+        value = getattr(story.defaults.generate, key)
+        if value is not None:
+            setattr(settings, key, value)
+    settings.estimator = story.defaults.depth.estimator or settings.estimator
+    settings.transition, settings.transition_s = story.defaults.transition, story.defaults.transition_duration
+    settings.captions, settings.title_card = story.output.captions, story.output.title_card
+    if story.output.music:
+        settings.music = name_of(story.output.music)
+    if lost:
+        gr.Info(f"{lost} take(s) of this project are gone (files of an earlier visit are deleted when you leave); "
+                "the shots and their settings are back, generate them again.")
+    values = [getattr(settings, n) for n in SETTING_NAMES]
+    return (story.title, state.get("text", ""), board, time.time(), settings.to_dict(), _choices(board),
+            str(ctx.resolve(session, settings.music)) if settings.music else None, *values)
+
+
+def boards_base(raw: str) -> str:
+    """The base name of a path in a message."""
+    from aas_core.paths import base_name
+
+    return base_name(raw)
+
+
+def find_clips(ctx: UIContext, board: Any, shot_id: str, request: gr.Request):
+    """Library candidates for the selected shot (its query, else its prompt without tokens)."""
+    from aas_core.metrics import clip_text as plain
+
+    card = boards.find(boards.normalized(board), shot_id)
+    query = card["query"] or plain(str(card["prompt"] or ""))
+    if not query.strip():
+        raise InputError(f"{card['id']} has no query or prompt to search with; write one first")
+    session = ctx.session(request)
+    hits = [h.to_dict() for h in search_library(ctx, session, query, k=6)]
+    shown = [{"name": ctx.show(session, h["path"]), "start": h["start"], "end": h["end"], "thumbnail": h["thumbnail"],
+              "label": f"#{h['rank']} · {h['score']:.3f} · {h['start']:.1f}-{h['end']:.1f} s · {Path(h['path']).name}"} for h in hits]
+    if not shown:
+        gr.Info(f"No clip matched {query!r}; index more clips in Clip Library")
+    return shown, [(h["thumbnail"], h["label"]) for h in shown]
+
+
+def pick_candidate(ctx: UIContext, hits: list, board: Any, shot_id: str, evt: gr.SelectData, request: gr.Request):
+    """A clicked candidate becomes the shot's clip."""
+    hit = hits[evt.index]
+    session = ctx.session(request)
+    thumb = ctx.show(session, hit["thumbnail"]) if hit.get("thumbnail") else None
+    return boards.set_clip(board, shot_id, hit["name"], hit["start"], hit["end"], thumb), time.time()
+
+
+def use_selected(ctx: UIContext, clip: Optional[dict], board: Any, shot_id: str, request: gr.Request):
+    """The clip picked in Clip Library becomes the shot's clip."""
+    if not clip:
+        raise InputError("no clip picked yet: click a hit in Clip Library first")
+    session = ctx.session(request)
+    return boards.set_clip(board, shot_id, ctx.show(session, clip["path"]), clip["start"], clip["end"]), time.time()
+
+
+def use_depth(ctx: UIContext, ref: Optional[dict], board: Any, shot_id: str, request: gr.Request):
+    """The clip span and depth settings tuned in Motion Structure go to the shot."""
+    if not ref:
+        raise InputError("no depth preview yet: make one in Motion Structure first")
+    session = ctx.session(request)
+    board = boards.set_depth(board, shot_id, ref, ctx.show(session, ref["path"]))
+    gr.Info(f"{shot_id} now uses {ref['estimator']}, fit {ref['fit']}, speed {ref['speed']:g}, smoothing {ref['smoothing']:g}")
+    return board, time.time()
+
+
+def _generate(ctx: UIContext, title: str, board: Any, ids: Optional[list[str]], settings: Any, request: gr.Request,
+              progress: gr.Progress, job: str):
+    session = ctx.session(request)
+    settings = StorySettings.parse(settings)
+    board = boards.normalized(board)
+    story = boards.story_from_board(title, board, settings, _resolver(ctx, session), _music(ctx, session, settings))
+    run = _run(ctx, session, story, ids, progress, job)
+    done = ids or [c["id"] for c in board]
+    board = _record_takes(ctx, session, board, run, settings, done)
+    shown = boards.find(board, done[0])
+    video, comparison = _take_videos(ctx, session, shown)
+    return board, time.time(), status_markdown(run, ctx.config.tiny, board), video, comparison
+
+
+def generate_shot(ctx: UIContext, title: str, board: Any, shot_id: str, settings: Any, request: gr.Request, progress=gr.Progress()):
+    """Generate the selected shot (a new take when anything changed; earlier takes are kept)."""
+    card = boards.find(boards.normalized(board), shot_id)
+    return _generate(ctx, title, board, [card["id"]], settings, request, progress, f"{card['id']} (1 shot)")
+
+
+def new_take(ctx: UIContext, title: str, board: Any, shot_id: str, settings: Any, request: gr.Request, progress=gr.Progress()):
+    """Generate the selected shot again with the next seed: a new take beside the earlier ones."""
+    board = boards.normalized(board)
+    card = boards.find(board, shot_id)
+    seeds = [t.get("seed") for t in card["takes"] if isinstance(t.get("seed"), int)]
+    card["seed"] = (max(seeds) if seeds else (card["seed"] or 0)) + 1
+    return _generate(ctx, title, board, [card["id"]], settings, request, progress, f"{card['id']} new take")
+
+
+def generate_all(ctx: UIContext, title: str, board: Any, settings: Any, request: gr.Request, progress=gr.Progress()):
+    """Generate every shot (blank prompts are refused up front, naming the shots)."""
+    board = boards.normalized(board)
+    return _generate(ctx, title, board, None, settings, request, progress, f"all {len(board)} shots")
+
+
+def stitch(ctx: UIContext, title: str, board: Any, settings: Any, request: gr.Request, progress=gr.Progress()):
+    """Stitch the picked take of every shot that has one (nothing is generated again)."""
+    session = ctx.session(request)
+    settings = StorySettings.parse(settings)
+    board = boards.normalized(board)
+    story = boards.story_from_board(title, board, settings, _resolver(ctx, session), _music(ctx, session, settings), picked=True)
+    run = _run(ctx, session, story, [], progress, f"stitch {len(story.shots)} takes")
+    files = [p for p in (run.video, run.storyboard, run.report_html, run.report_md, run.report_json) if p and Path(p).is_file()]
+    return run.video, run.storyboard, files, status_markdown(run, ctx.config.tiny, board)
+
+
+def run_example(ctx: UIContext, request: gr.Request, progress=gr.Progress()):
+    """The example story end to end on the sample clips: draft, generate every shot, stitch (cached per model set)."""
+    session = ctx.session(request)
+    settings = StorySettings.tiny() if ctx.config.tiny else StorySettings()
+    from aas_core.story import draft_story
+
+    board = boards.board_from_story(draft_story(EXAMPLE_TEXT, title=EXAMPLE_TITLE))
+    for card, name in zip(board, SAMPLE_CLIPS):
+        card["clip"] = name
+    cached = example_cache(ctx) / "story.mp4"
+    story = boards.story_from_board(EXAMPLE_TITLE, board, settings, _resolver(ctx, session))
+    if cached.is_file():
+        gr.Info("The example was made before: here is its result. Generate shots to make your own takes.")
+        target = session.outputs / "example"
+        target.mkdir(parents=True, exist_ok=True)
+        video = shutil.copy2(cached, target / "story.mp4")
+        return EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), video, None, [video], "Cached example result."
+    run = _run(ctx, session, story, None, progress, "example story")
+    board = _record_takes(ctx, session, board, run, settings, [c["id"] for c in board])
+    if run.video:
+        example_cache(ctx).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run.video, cached)
+    files = [p for p in (run.video, run.storyboard, run.report_html) if p and Path(p).is_file()]
+    return EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), run.video, run.storyboard, files, status_markdown(run, ctx.config.tiny, board)
+
+
+def example_cache(ctx: UIContext) -> Path:
+    """Where the example's finished video is kept for every later visitor (per tiny or real models)."""
+    return ctx.config.cache_dir / "example" / ("tiny" if ctx.config.tiny else "real")
+
+
+def card_edit(ctx: UIContext, board: Any, shot_id: str, field_name: str, value: Any):
+    """One field of one card edited in place."""
+    return boards.edit(board, shot_id, field_name, value)
+
+
+def card_move(ctx: UIContext, board: Any, shot_id: str, delta: int):
+    """A card moved up or down."""
+    return boards.move(board, shot_id, delta), time.time()
+
+
+def card_delete(ctx: UIContext, board: Any, shot_id: str):
+    """A card removed."""
+    board = boards.delete(board, shot_id)
+    return board, time.time(), _choices(board)
+
+
+def card_add(ctx: UIContext, board: Any):
+    """A new empty card at the end."""
+    board = boards.add(board)
+    return board, time.time(), _choices(board, board[-1]["id"])
+
+
+def card_pick(ctx: UIContext, board: Any, shot_id: str, evt: gr.SelectData, request: gr.Request):
+    """A take clicked in a card's gallery becomes the one that is stitched."""
+    board = boards.pick(board, shot_id, evt.index)
+    video, comparison = _take_videos(ctx, ctx.session(request), boards.find(board, shot_id))
+    return board, video, comparison
+
+
+# ---- components ---------------------------------------------------------------------------------------------------
+
+def render(ctx: UIContext) -> StoryParts:
+    """Build the tab's components."""
     config = ctx.config
-    notice = gr.Markdown(missing_weights(config, GENERATION_MODELS))
-    candidates_state = gr.State([])
+    defaults = StorySettings.tiny() if config.tiny else StorySettings()
+    notice = gr.Markdown(missing_weights(config, [*GENERATION_MODELS, DEFAULT_ESTIMATOR]))
+    ctx.refreshers.append((notice, lambda: missing_weights(config, [*GENERATION_MODELS, DEFAULT_ESTIMATOR])))
     with gr.Row():
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, min_width=300):
             title = gr.Textbox(label="Title", elem_id="story-title")
             text = gr.Textbox(label="Story: one shot per line or sentence; `query | prompt | caption` to set each part",
                               lines=4, elem_id="story-text")
             gr.Examples(EXAMPLE_STORIES, inputs=[title, text], label="Example stories")
-            draft_btn = gr.Button("Draft shot list", elem_id="story-draft")
-        with gr.Column(scale=1):
-            with gr.Accordion("Settings", open=False):
-                backend = gr.Dropdown(list(BACKENDS), value=BACKENDS[0], label="Backend")
-                with gr.Row():
-                    width = gr.Number(64 if config.tiny else 512, label="Width", precision=0)
-                    height = gr.Number(64 if config.tiny else 512, label="Height", precision=0)
-                with gr.Row():
-                    frames = gr.Number(8 if config.tiny else 16, label="Frames", precision=0)
-                    steps = gr.Number(2 if config.tiny else 25, label="Steps", precision=0)
-                estimator = gr.Dropdown(list(ESTIMATORS), value=DEFAULT_ESTIMATOR, label="Depth estimator")
-                transition = gr.Dropdown(list(TRANSITIONS), value="crossfade", label="Transition")
-                transition_s = gr.Number(0.5, label="Transition (s)", minimum=0)
-                with gr.Row():
-                    captions = gr.Checkbox(True, label="Captions")
-                    title_card = gr.Checkbox(True, label="Title card")
-                music = gr.File(label="Music (optional)", file_types=AUDIO_TYPES)
-            project_in = gr.File(label="Load a story project (.yaml / .json)", file_types=[".yaml", ".yml", ".json"])
-            save_btn = gr.Button("Save the story project")
-            project_out = gr.File(label="Story project", interactive=False)
-    table = gr.Dataframe(headers=SHOT_COLUMNS, datatype=["str"] * len(SHOT_COLUMNS),
-                         type="array", interactive=True, column_count=(len(SHOT_COLUMNS), "fixed"), wrap=True,
-                         column_widths=["8%", "16%", "24%", "14%", "24%", "7%", "7%"],
-                         label="Shot list (edit freely; clip = auto, a file, or file@start-end)", elem_id="story-table")
+            with gr.Row():
+                draft_btn = gr.Button("Draft shot list", elem_id="story-draft")
+                example_btn = gr.Button("▶ Run the example story (one click)", elem_id="story-example")
+        with gr.Column(scale=1, min_width=280):
+            with gr.Accordion("Settings", open=False, elem_id="story-settings"):
+                controls = {
+                    "backend": gr.Dropdown(list(BACKENDS), value=defaults.backend, label="Backend", elem_id="story-backend"),
+                    "width": gr.Number(defaults.width, label="Width", precision=0, minimum=16),
+                    "height": gr.Number(defaults.height, label="Height", precision=0, minimum=16),
+                    "frames": gr.Number(defaults.frames, label="Frames", precision=0, minimum=1, elem_id="story-frames"),
+                    "steps": gr.Number(defaults.steps, label="Steps", precision=0, minimum=1, elem_id="story-steps"),
+                    "estimator": gr.Dropdown(list(ESTIMATORS), value=DEFAULT_ESTIMATOR, label="Depth estimator"),
+                    "transition": gr.Dropdown(list(TRANSITIONS), value=defaults.transition, label="Transition", elem_id="story-transition"),
+                    "transition_s": gr.Number(defaults.transition_s, label="Transition (s)", minimum=0),
+                    "captions": gr.Checkbox(defaults.captions, label="Captions", elem_id="story-captions"),
+                    "title_card": gr.Checkbox(defaults.title_card, label="Title card", elem_id="story-title-card"),
+                }
+                music = gr.File(label="Music (optional)", file_types=AUDIO_TYPES, elem_id="story-music")
+            project_in = gr.File(label="Load a story project (.yaml / .json)", file_types=[".yaml", ".yml", ".json"], elem_id="story-project-in")
+            save_btn = gr.Button("Save the story project", elem_id="story-save")
+            project_out = gr.File(label="Story project", interactive=False, elem_id="story-project-out")
+    settings = gr.JSON(defaults.to_dict(), visible=False)
+    board = gr.JSON([], visible=False)
+    version = gr.Number(0, visible=False)
+    gr.Markdown("### Shots\nEdit a card in place; ▲▼ reorder; every generation is kept as a take: click a take to use it in the story.")
+    holder: list[StoryParts] = []
+
+    @gr.render(inputs=[board], triggers=[version.change])
+    def _cards(value: Any, request: gr.Request) -> None:
+        cards(ctx, holder[0], value, request)
+
+    with gr.Row(equal_height=True):
+        add_btn = gr.Button("+ Add a shot", size="sm", elem_id="story-add")
+        shot_pick = gr.Dropdown([], label="Shot", elem_id="story-shot", scale=2, min_width=140, allow_custom_value=True)
+        find_btn = gr.Button("Find candidate clips", size="sm", elem_id="story-find")
+        use_btn = gr.Button("Use the Clip Library pick", size="sm")
+        depth_btn = gr.Button("Use Motion Structure settings", size="sm", elem_id="story-use-depth")
+    hits = gr.State([])
+    candidates = gr.Gallery(label="Candidates for this shot (click one to use it)", columns=6, height=150, allow_preview=False,
+                            object_fit="contain", elem_id="story-candidates")
     with gr.Row():
-        shot_pick = gr.Dropdown([], label="Shot", elem_id="story-shot", allow_custom_value=True)
-        find_btn = gr.Button("Find candidate clips")
-        use_btn = gr.Button("Use the clip picked in Clip Library")
-    candidates = gr.Gallery(label="Candidates (click to use for this shot)", columns=6, height=160, allow_preview=False,
-                            object_fit="contain", fit_columns=False, elem_id="story-candidates")
-    with gr.Row():
-        gen_btn = gr.Button("Generate this shot", variant="primary", elem_id="story-generate")
-        regen_btn = gr.Button("Regenerate with a new seed")
-        all_btn = gr.Button("Generate all shots", elem_id="story-generate-all")
-        stitch_btn = gr.Button("Stitch", variant="primary", elem_id="story-stitch")
-        cancel_btn = gr.Button("Cancel", variant="stop")
-    with gr.Row():
-        shot_video = gr.Video(label="Shot", autoplay=True, loop=True, elem_id="story-shot-video")
-        comparison = gr.Video(label="source | depth | generated", autoplay=True, loop=True)
-        final = gr.Video(label="Story", elem_id="story-final")
+        gen_btn = gr.Button("Generate this shot", variant="primary", elem_id="story-generate", min_width=140)
+        take_btn = gr.Button("New take (next seed)", elem_id="story-new-take", min_width=140)
+        all_btn = gr.Button("Generate all shots", elem_id="story-generate-all", min_width=140)
+        stitch_btn = gr.Button("Stitch the picked takes", variant="primary", elem_id="story-stitch", min_width=140)
+        stop_btn = gr.Button("■ Stop", variant="stop", visible=False, elem_id="story-stop", min_width=100)
+        cancel_btn = gr.Button("Cancel", variant="secondary", size="sm", elem_id="story-cancel", min_width=80)
     status = gr.Markdown(elem_id="story-status")
     with gr.Row():
-        storyboard = gr.Image(label="Storyboard", type="filepath")
-        downloads = gr.File(label="Downloads (video, storyboard, report)", file_count="multiple", interactive=False)
+        shot_video = gr.Video(label="Shot (picked take)", autoplay=True, loop=True, elem_id="story-shot-video", min_width=200)
+        comparison = gr.Video(label="source | depth | generated", autoplay=True, loop=True, min_width=200)
+        final = gr.Video(label="Story", elem_id="story-final", min_width=200)
+    with gr.Row():
+        storyboard = gr.Image(label="Storyboard", type="filepath", min_width=200)
+        downloads = gr.File(label="Downloads (video, storyboard, report)", file_count="multiple", interactive=False, min_width=200)
+    gr.Markdown(CREDIT, elem_classes=["credit"])
+    parts = StoryParts(title=title, text=text, board=board, version=version, settings=settings, controls=controls, music=music,
+                       shot_pick=shot_pick, candidates=candidates, hits=hits, project_in=project_in, project_out=project_out, status=status)
+    parts.buttons = {"draft": draft_btn, "example": example_btn, "save": save_btn, "add": add_btn, "find": find_btn, "use": use_btn,
+                     "depth": depth_btn, "generate": gen_btn, "take": take_btn, "all": all_btn, "stitch": stitch_btn,
+                     "stop": stop_btn, "cancel": cancel_btn}
+    parts.outputs = {"shot_video": shot_video, "comparison": comparison, "final": final, "storyboard": storyboard,
+                     "downloads": downloads}
+    holder.append(parts)
+    return parts
 
-    settings = [backend, width, height, frames, steps, estimator, transition, transition_s, captions, title_card, music]
 
-    def build(session: Any, title_text: str, rows: list, *values: Any) -> Any:
-        *rest, music_file = values
-        music_path = None
-        paths = files_of(music_file)
-        if paths:
-            target = session.upload_dir("music") / Path(paths[0]).name
-            shutil.copy2(paths[0], target)
-            music_path = str(target)
-        return story_of(title_text, rows, *rest, music_path)
+def cards(ctx: UIContext, parts: StoryParts, board: Any, request: gr.Request) -> None:
+    """The shot cards (called inside gr.render whenever the board's structure changes)."""
+    session = ctx.session(request)
+    board = boards.normalized(board)
+    if not board:
+        gr.Markdown("*No shots yet: draft them from the story text, run the example, or add one.*")
+        return
+    h = ctx.handler
+    for n, card in enumerate(board):
+        sid = card["id"]
+        with gr.Group(elem_classes=["shot-card"], elem_id=f"card-{sid}"):
+            take = card["takes"][card["pick"]] if card["pick"] is not None else None
+            seed = take.get("seed") if take else card["seed"]
+            gr.Markdown(f"**{n + 1}. {sid}** · {card['status']} · seed {'-' if seed is None else seed} · strength "
+                        f"{'default' if card['strength'] in (None, '') else card['strength']}", elem_classes=["card-head"])
+            with gr.Row(equal_height=True):
+                thumb = _safe(ctx, session, card.get("thumb")) or _clip_thumb(ctx, session, card["clip"])
+                gr.Image(thumb, label="clip", height=96, min_width=120, show_label=True, interactive=False, container=True,
+                         visible=thumb is not None, key=f"thumb-{sid}-{card['clip']}")
+                latest = _safe(ctx, session, take["video"]) if take else None
+                gr.Video(latest, label="picked take", height=120, min_width=150, autoplay=False, loop=True, interactive=False,
+                         visible=latest is not None, key=f"take-{sid}-{card['pick']}-{len(card['takes'])}")
+            prompt = gr.Textbox(card["prompt"], label="prompt", lines=2, key=f"prompt-{sid}", elem_classes=["card-prompt"])
+            with gr.Row():
+                caption = gr.Textbox(card["caption"], label="caption", min_width=140, key=f"caption-{sid}")
+                query = gr.Textbox(card["query"], label="search query", min_width=140, key=f"query-{sid}")
+            with gr.Row():
+                clip = gr.Textbox(card["clip"], label="clip (auto, a file name, or name@start-end)", min_width=180, key=f"clip-{sid}")
+                seed_box = gr.Number(card["seed"], label="seed", precision=0, min_width=80, key=f"seed-{sid}")
+                strength = gr.Number(card["strength"], label="strength", min_width=80, key=f"strength-{sid}")
+            if card["takes"]:
+                items = [(_safe(ctx, session, t.get("thumb")) or _safe(ctx, session, t["video"]), f"take {i + 1} · seed {t.get('seed')}")
+                         for i, t in enumerate(card["takes"])]
+                gallery = gr.Gallery([i for i in items if i[0]], label=f"takes ({len(card['takes'])}), take {card['pick'] + 1} is stitched; "
+                                     "click another to use it", columns=6, height=110, allow_preview=False, object_fit="contain",
+                                     elem_classes=["card-takes"], key=f"takes-{sid}-{len(card['takes'])}")
+                gallery.select(h(_pick_for(sid), outputs=3), parts.board, [parts.board, parts.outputs["shot_video"], parts.outputs["comparison"]],
+                               api_name=False, queue=False)
+            with gr.Row():
+                up = gr.Button("▲", size="sm", min_width=40, elem_classes=["card-up"])
+                down = gr.Button("▼", size="sm", min_width=40, elem_classes=["card-down"])
+                select = gr.Button("Select", size="sm", min_width=60)
+                remove = gr.Button("✕ Delete", size="sm", variant="stop", min_width=60)
+        for box, name in ((prompt, "prompt"), (caption, "caption"), (query, "query"), (clip, "clip"), (seed_box, "seed"), (strength, "strength")):
+            box.blur(h(_edit_for(sid, name), outputs=1), [parts.board, box], parts.board, api_name=False, queue=False)
+        up.click(h(_move_for(sid, -1), outputs=2), parts.board, [parts.board, parts.version], api_name=False, queue=False)
+        down.click(h(_move_for(sid, 1), outputs=2), parts.board, [parts.board, parts.version], api_name=False, queue=False)
+        remove.click(h(_delete_for(sid), outputs=3), parts.board, [parts.board, parts.version, parts.shot_pick], api_name=False, queue=False)
+        select.click(lambda sid=sid: sid, None, parts.shot_pick, api_name=False, queue=False)
 
-    def ids_of(rows: list) -> list[str]:
-        return [str(r[0]) for r in rows or [] if r and not _blank(r[0])]
 
-    @action(config)
-    def draft(text_value: str, title_text: str):
-        from aas_core.story import draft_story
+def _clip_thumb(ctx: UIContext, session: Any, clip: str) -> Optional[str]:
+    """A still of a card's clip at its start (cached in the visitor's outputs); None for `auto` or a refused name."""
+    import hashlib
 
-        rows = rows_of(draft_story(text_value or "", title=title_text or ""))
-        ids = ids_of(rows)
-        return rows, gr.update(choices=ids, value=ids[0] if ids else None)
+    from PIL import Image
 
-    @action(config)
-    def load_project(file: Any):
-        from aas_core.story import load_story
+    from aas_core.video_io import iter_frames
 
-        paths = files_of(file)
-        if not paths:
-            return gr.skip(), gr.skip(), gr.skip()
-        story = load_story(paths[0])
-        rows = rows_of(story)
-        ids = ids_of(rows)
-        return story.title, rows, gr.update(choices=ids, value=ids[0] if ids else None)
+    try:
+        parsed = boards.parse_clip(clip)
+        if parsed is None:
+            return None
+        path = ctx.resolve(session, parsed[0])
+        out = session.outputs / "thumbs" / (hashlib.sha1(f"{path}|{parsed[1]}".encode()).hexdigest()[:16] + ".jpg")
+        if not out.is_file():
+            frame = next(iter(iter_frames(path, parsed[1], parsed[1] + 0.5))).rgb
+            out.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(frame)
+            image.thumbnail((240, 240))
+            image.save(out, quality=85)
+        return str(out)
+    except (InputError, OSError, ValueError, StopIteration):
+        return None
 
-    @action(config)
-    def save_project(title_text: str, rows: list, backend_: str, width_: float, height_: float, frames_: float, steps_: float, estimator_: str, transition_: str,
-                 transition_s_: float, captions_: bool, title_card_: bool, music_: Any,
-                     request: gr.Request):
-        from aas_core.story import save_story
 
-        session = ctx.session(request)
-        story = build(session, title_text, rows, backend_, width_, height_, frames_, steps_, estimator_, transition_, transition_s_, captions_, title_card_, music_)
-        name = "".join(ch if ch.isalnum() else "-" for ch in (title_text or "story")).strip("-").lower() or "story"
-        return str(save_story(story, session.outputs / "projects" / f"{name}.yaml"))
+def _safe(ctx: UIContext, session: Any, name: Optional[str]) -> Optional[str]:
+    if not name:
+        return None
+    try:
+        return str(ctx.resolve(session, name))
+    except InputError:
+        return None
 
-    @action(config, gpu=True, duration=60)
-    def find(rows: list, shot_id: str, request: gr.Request):
-        from aas_core import library
-        from aas_core.metrics import clip_text as plain
 
-        row = next((r for r in rows or [] if str(r[0]) == str(shot_id)), None)
-        if row is None:
-            raise gr.Error("choose a shot first (draft the shot list, then pick a shot)")
-        query = row[1] if not _blank(row[1]) else plain(str(row[2]))
-        session = ctx.session(request)
-        hits = [h.to_dict() for h in library.search(query, k=6, library=session.library, weights_root=config.weights_root)]
-        return hits, [(h["thumbnail"], hit_label(h)) for h in hits]
+def _edit_for(sid: str, name: str):
+    def run(ctx: UIContext, board: Any, value: Any):
+        return card_edit(ctx, board, sid, name, value)
+    return run
 
-    def set_clip(rows: list, shot_id: str, clip: dict) -> list:
-        out = [list(r) for r in rows or []]
-        for r in out:
-            if str(r[0]) == str(shot_id):
-                r[4] = f"{clip['path']}@{clip['start']:g}-{clip['end']:g}"
-                return out
-        raise gr.Error("choose a shot first")
 
-    def pick_candidate(hits: list, rows: list, shot_id: str, evt: gr.SelectData):
-        return set_clip(rows, shot_id, hits[evt.index])
+def _move_for(sid: str, delta: int):
+    def run(ctx: UIContext, board: Any):
+        return card_move(ctx, board, sid, delta)
+    return run
 
-    def use_selected(clip: Optional[dict], rows: list, shot_id: str):
-        if not clip:
-            raise gr.Error("no clip picked yet: click a hit in Clip Library first")
-        return set_clip(rows, shot_id, clip)
 
-    def bump_seed(rows: list, shot_id: str):
-        out = [list(r) for r in rows or []]
-        for i, r in enumerate(out):
-            if str(r[0]) == str(shot_id):
-                r[5] = str((i if _blank(r[5]) else _number(r[5], "seed", int)) + 1)
-        return out
+def _delete_for(sid: str):
+    def run(ctx: UIContext, board: Any):
+        return card_delete(ctx, board, sid)
+    return run
 
-    def outputs_of(run: Any, shot_id: Optional[str]):
-        shot = next((s for s in run.shots if s.id == shot_id and s.video), None)
-        files = [p for p in (run.video, run.storyboard, run.report_html, run.report_md, run.report_json) if p and Path(p).is_file()]
-        return (shot.video if shot else gr.skip(), shot.comparison if shot and shot.comparison else gr.skip(),
-                run.video, run.storyboard, files, status_markdown(run, config.tiny))
 
-    def run(session: Any, story: Any, only: Optional[list[str]], progress: gr.Progress):
-        from aas_core.story import run_story
+def _pick_for(sid: str):
+    def run(ctx: UIContext, board: Any, evt: gr.SelectData, request: gr.Request):
+        return card_pick(ctx, board, sid, evt, request)
+    return run
 
-        return run_story(story, out_dir=session.outputs / "story", only=only, weights_root=session.weights_root,
-                         library=session.library, on_progress=progress_fn(progress), cancel=session.new_job())
 
-    @action(config, gpu=True, duration=600)
-    def generate_one(title_text: str, rows: list, shot_id: str, backend_: str, width_: float, height_: float, frames_: float, steps_: float, estimator_: str, transition_: str,
-                 transition_s_: float, captions_: bool, title_card_: bool, music_: Any,
-                 request: gr.Request, progress=gr.Progress()):
-        session = ctx.session(request)
-        story = build(session, title_text, rows, backend_, width_, height_, frames_, steps_, estimator_, transition_, transition_s_, captions_, title_card_, music_)
-        if not shot_id or shot_id not in [s.id for s in story.shots]:
-            raise gr.Error("choose which shot to generate (the Shot menu above)")
-        return outputs_of(run(session, story, [shot_id], progress), shot_id)
+def listen(ctx: UIContext, parts: StoryParts) -> None:
+    """Wire the tab's events."""
+    h, b, o = ctx.handler, parts.buttons, parts.outputs
+    run_buttons = [b["generate"], b["take"], b["all"], b["stitch"], b["example"], b["draft"]]
+    control_list = [parts.controls[n] for n in SETTING_NAMES]
 
-    @action(config, gpu=True, duration=1800)
-    def generate_all(title_text: str, rows: list, shot_id: str, backend_: str, width_: float, height_: float, frames_: float, steps_: float, estimator_: str, transition_: str,
-                 transition_s_: float, captions_: bool, title_card_: bool, music_: Any,
-                 request: gr.Request, progress=gr.Progress()):
-        session = ctx.session(request)
-        return outputs_of(run(session, build(session, title_text, rows, backend_, width_, height_, frames_, steps_, estimator_, transition_, transition_s_, captions_, title_card_, music_), None, progress), shot_id)
-
-    @action(config, gpu=True, duration=300)
-    def stitch(title_text: str, rows: list, shot_id: str, backend_: str, width_: float, height_: float, frames_: float, steps_: float, estimator_: str, transition_: str,
-                 transition_s_: float, captions_: bool, title_card_: bool, music_: Any,
-                 request: gr.Request, progress=gr.Progress()):
-        from aas_core.story import read_run
-
-        session = ctx.session(request)
-        story = build(session, title_text, rows, backend_, width_, height_, frames_, steps_, estimator_, transition_, transition_s_, captions_, title_card_, music_)
-        try:
-            done = [s["id"] for s in read_run(session.outputs / "story")["shots"] if s["status"] in ("generated", "cached")]
-        except Exception:  # noqa: BLE001 - no run folder yet is the same as no finished shot
-            done = []
-        done = [i for i in done if i in {s.id for s in story.shots}]
-        if not done:
-            raise gr.Error("no finished shot to stitch yet: generate at least one shot first")
-        return outputs_of(run(session, story, done[:1], progress), shot_id)
-
-    outs = [shot_video, comparison, final, storyboard, downloads, status]
-    draft_btn.click(draft, [text, title], [table, shot_pick], api_name="draft")
-    table.input(lambda rows: gr.update(choices=ids_of(rows)), table, shot_pick, api_name=False)
-    project_in.upload(load_project, project_in, [title, table, shot_pick], api_name="load_project")
-    save_btn.click(save_project, [title, table, *settings], project_out, api_name="save_project")
-    find_btn.click(find, [table, shot_pick], [candidates_state, candidates], concurrency_id=GPU_QUEUE, api_name=False)
-    candidates.select(pick_candidate, [candidates_state, table, shot_pick], table, api_name=False)
-    use_btn.click(use_selected, [ctx.selected_clip, table, shot_pick], table, api_name=False)
-    args = [title, table, shot_pick, *settings]
-    gen_btn.click(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_shot")
-    bumped = regen_btn.click(bump_seed, [table, shot_pick], table, api_name=False)
-    bumped.then(generate_one, args, outs, concurrency_id=GPU_QUEUE, api_name=False)
-    all_btn.click(generate_all, args, outs, concurrency_id=GPU_QUEUE, api_name="generate_all")
-    stitch_btn.click(stitch, args, outs, concurrency_id=GPU_QUEUE, api_name="stitch")
-    cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
-    ctx.refreshers.append((notice, lambda: missing_weights(config, GENERATION_MODELS)))
+    for control in control_list:
+        control.change(h(settings_of, outputs=1), [parts.settings, *control_list], parts.settings, api_name=False, queue=False)
+    parts.music.change(h(attach_music, outputs=1), [parts.music, parts.settings], parts.settings, api_name=False)
+    b["draft"].click(h(draft, outputs=3), [parts.text, parts.title], [parts.board, parts.version, parts.shot_pick], api_name="draft")
+    parts.project_in.upload(h(load_project, outputs=7 + len(SETTING_NAMES)), parts.project_in,
+                            [parts.title, parts.text, parts.board, parts.version, parts.settings, parts.shot_pick, parts.music, *control_list],
+                            api_name="load_project")
+    b["save"].click(h(save_project, outputs=1), [parts.title, parts.text, parts.board, parts.settings], parts.project_out, api_name="save_project")
+    b["add"].click(h(card_add, outputs=3), parts.board, [parts.board, parts.version, parts.shot_pick], api_name=False)
+    parts.shot_pick.change(lambda: ([], None), None, [parts.hits, parts.candidates], api_name=False, queue=False)
+    wire_job(b["find"].click, h(find_clips, outputs=2, gpu=True, duration=60), [parts.board, parts.shot_pick],
+             [parts.hits, parts.candidates], buttons=[b["find"]], api_name="find_clips")
+    parts.candidates.select(h(pick_candidate, outputs=2), [parts.hits, parts.board, parts.shot_pick], [parts.board, parts.version], api_name=False)
+    b["use"].click(h(use_selected, outputs=2), [ctx.selected_clip, parts.board, parts.shot_pick], [parts.board, parts.version], api_name=False)
+    b["depth"].click(h(use_depth, outputs=2), [ctx.depth_ref, parts.board, parts.shot_pick], [parts.board, parts.version], api_name=False)
+    gen_outs = [parts.board, parts.version, parts.status, o["shot_video"], o["comparison"]]
+    common = {"buttons": run_buttons, "stop": b["stop"], "status": parts.status}
+    wire_job(b["generate"].click, h(generate_shot, outputs=5, gpu=True, duration=600),
+             [parts.title, parts.board, parts.shot_pick, parts.settings], gen_outs, api_name="generate_shot", **common)
+    wire_job(b["take"].click, h(new_take, outputs=5, gpu=True, duration=600),
+             [parts.title, parts.board, parts.shot_pick, parts.settings], gen_outs, api_name="new_take", **common)
+    wire_job(b["all"].click, h(generate_all, outputs=5, gpu=True, duration=1800),
+             [parts.title, parts.board, parts.settings], gen_outs, api_name="generate_all", **common)
+    wire_job(b["stitch"].click, h(stitch, outputs=4, gpu=True, duration=300), [parts.title, parts.board, parts.settings],
+             [o["final"], o["storyboard"], o["downloads"], parts.status], api_name="stitch", **common)
+    wire_job(b["example"].click, h(run_example, outputs=9, gpu=True, duration=1800), [],
+             [parts.title, parts.text, parts.board, parts.version, parts.shot_pick, o["final"], o["storyboard"], o["downloads"], parts.status],
+             api_name="run_example", **common)
+    for button in (b["stop"], b["cancel"]):
+        button.click(ctx.cancel, None, None, queue=False, api_name=False)
