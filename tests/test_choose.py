@@ -82,6 +82,12 @@ def test_aspect_breaks_near_ties_and_still_footage_is_skipped():
     assert "slow motion (0.050 frame widths/s)" in choice["s1"].reasons
 
 
+def test_remote_hits_are_not_chosen():
+    remote = hit("https://example.org/v.mp4", 0, 0, 0.9, width=0, height=0, remote=True)
+    choice = choose_clips([need("s1")], {"s1": [remote, hit("/lib/a.mp4", 0, 4, 0.1)]})
+    assert choice["s1"].hit["path"] == "/lib/a.mp4" and "not downloaded yet" in choice["s1"].rejected[0]["why"]
+
+
 def test_no_candidates_gives_no_hit():
     assert choose_clips([need("s1")], {"s1": []})["s1"].hit is None
 

@@ -99,6 +99,8 @@ def _aspect(hit: dict[str, Any]) -> Optional[float]:
 
 def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span]) -> tuple[Optional[str], float, list[str]]:
     """(why it does not fit or None, base fit, reasons it fits)."""
+    if hit.get("remote"):
+        return "a captioned web video not downloaded yet (aas_core.library.fetch_remote fetches it)", 0.0, []
     duration = float(hit["end"]) - float(hit["start"])
     if duration + 1e-6 < need.seconds:
         return f"too short: {duration:.2f} s for a {need.seconds:.2f} s shot", 0.0, []
