@@ -82,6 +82,14 @@ def test_aspect_breaks_near_ties_and_still_footage_is_skipped():
     assert "slow motion (0.050 frame widths/s)" in choice["s1"].reasons
 
 
+def test_clip_similarity_ranks_when_the_library_fused_caption_scores():
+    # Rank-fusion scores (~1/61) say little about how well a clip fits; the CLIP cosine does.
+    fused_first = hit("/lib/a.mp4", 0, 4, 0.0164, clip_score=0.21)
+    better_clip = hit("/lib/b.mp4", 0, 4, 0.0161, clip_score=0.30)
+    choice = choose_clips([need("s1")], {"s1": [fused_first, better_clip]})
+    assert choice["s1"].hit["path"] == "/lib/b.mp4" and choice["s1"].reasons[0] == "match 0.300 for the query"
+
+
 def test_remote_hits_are_not_chosen():
     remote = hit("https://example.org/v.mp4", 0, 0, 0.9, width=0, height=0, remote=True)
     choice = choose_clips([need("s1")], {"s1": [remote, hit("/lib/a.mp4", 0, 4, 0.1)]})

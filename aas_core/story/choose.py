@@ -111,7 +111,8 @@ def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span]) -> tuple[Op
     for span in pinned:
         if span.overlaps(_span(hit)):
             return f"footage pinned by {span.owner}", 0.0, []
-    score = float(hit.get("score", 0.0))
+    # The CLIP cosine, on the scale the weights above assume; a fused (caption) rank score only when there is none.
+    score = float(hit["clip_score"] if hit.get("clip_score") is not None else hit.get("score", 0.0))
     reasons = [f"match {score:.3f} for the query", f"long enough: {duration:.2f} s for a {need.seconds:.2f} s shot"]
     fit = score
     aspect = _aspect(hit)
@@ -227,7 +228,9 @@ def search_candidates(
     from aas_core.story.outcome import CACHE_VERSION, read_json
 
     info = lib.library_info(library)
-    key = json_digest({"v": CACHE_VERSION, "q": query, "k": k, "lib": info.library, "created": info.created, "min": min_duration})
+    # Files and shots counted too: adding clips to a library keeps its creation time.
+    key = json_digest({"v": CACHE_VERSION, "q": query, "k": k, "lib": info.library, "created": info.created,
+                       "files": info.files, "shots": info.shots, "min": min_duration})
     cached = out_dir / "cache" / "retrieval" / f"{key}.json"
     data = read_json(cached)
     if data is not None and isinstance(data.get("hits"), list):
