@@ -14,6 +14,7 @@ import numpy as np
 
 from aas_core.errors import InputError
 from aas_core.registry import DEFAULT_CLIP
+from aas_core.sampling import spread_indices
 from aas_core.tokens import strip_tokens
 
 if TYPE_CHECKING:
@@ -29,9 +30,7 @@ DepthEstimateFn = Callable[[np.ndarray], np.ndarray]
 
 def even_indices(count: int, limit: int = MAX_METRIC_FRAMES) -> np.ndarray:
     """Up to `limit` evenly spaced indices in range(count), ends included."""
-    if count <= limit:
-        return np.arange(count)
-    return np.unique(np.round(np.linspace(0, count - 1, limit)).astype(int))
+    return spread_indices(count, limit)
 
 
 clip_text = strip_tokens

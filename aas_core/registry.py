@@ -29,12 +29,45 @@ class ModelSpec:
     tiny_writer: str
     """`module:function` that writes a tiny random-weight copy in the real layout: fn(dir: Path) -> None."""
     revision: str = "main"
+    """Hub commit the files are fetched at: a 40-hex commit id, or "main" where none was found (UNPINNED)."""
     description: str = ""
     options: dict = field(default_factory=dict)
     """Loader-specific facts (e.g. open_clip architecture name)."""
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Alternative file sets of the same weights, e.g. "fp16": half-size files for half-precision GPUs."""
+    converted: dict[str, str] = field(default_factory=dict)
+    """Hub pickle file -> safetensors file written from it once at download (torch.load(weights_only=True)),
+    for repos that ship no safetensors: at run time only the safetensors file is ever read."""
+
+    def files_for(self, variant: str | None = None) -> tuple[str, ...]:
+        """The hub file patterns of `variant` (the full-precision set for None or a variant the repo lacks)."""
+        return self.variants.get(variant or "", self.files)
+
+    def local_files(self, variant: str | None = None) -> tuple[str, ...]:
+        """The file patterns a complete local copy holds (converted files under their safetensors names)."""
+        return tuple(self.converted.get(f, f) for f in self.files_for(variant))
 
 
 _OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
+_SD15_FILES = (
+    "model_index.json",
+    "feature_extractor/preprocessor_config.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_DIFFUSERS_MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+_DIFFUSERS_MODEL_FP16 = ("config.json", "diffusion_pytorch_model.fp16.safetensors")
+_ANNOTATORS_REVISION = "5bc80eec2b4fddbb743c1e9329e3bd94b2cae14d"
+"""lllyasviel/Annotators after "Upload 2 files" (res101.pth + latest_net_G.pth, May 2023): every file we fetch."""
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -55,7 +88,11 @@ REGISTRY: dict[str, ModelSpec] = {
             name="clip-vit-l-14",
             kind="clip",
             hub_id="laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K",
-            files=_OPEN_CLIP_FILES,
+            revision="11681a0c38f47b1809e6746e671ca4d5ab0184af",
+            # This repo ships its open_clip weights only as a pickle (its model.safetensors is the transformers
+            # CLIPModel layout): fetched once, converted to open_clip_model.safetensors, the pickle removed.
+            files=("open_clip_config.json", "open_clip_pytorch_model.bin"),
+            converted={"open_clip_pytorch_model.bin": "open_clip_model.safetensors"},
             license="MIT",
             size_mb=1710,
             loader="open_clip local-dir (ViT-L-14, datacomp_xl_s13b_b90k)",
@@ -68,6 +105,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="depth-anything-v2-small",
             kind="depth",
             hub_id="depth-anything/Depth-Anything-V2-Small-hf",
+            revision="5426e4f0f36572d16453bbda7a8389317b1bef99",
             files=("config.json", "model.safetensors", "preprocessor_config.json"),
             license="Apache-2.0",
             size_mb=99,
@@ -79,6 +117,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="midas-dpt-hybrid",
             kind="depth",
             hub_id="lllyasviel/Annotators",
+            revision=_ANNOTATORS_REVISION,
             files=("dpt_hybrid-midas-501f0c75.pt",),
             license="MIT (MiDaS weights and code)",
             size_mb=493,
@@ -91,6 +130,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="zoedepth",
             kind="depth",
             hub_id="lllyasviel/Annotators",
+            revision=_ANNOTATORS_REVISION,
             files=("ZoeD_M12_N.pt",),
             license="MIT (ZoeDepth weights and code)",
             size_mb=1443,
@@ -103,35 +143,25 @@ REGISTRY: dict[str, ModelSpec] = {
             name="leres",
             kind="depth",
             hub_id="lllyasviel/Annotators",
-            files=("res101.pth", "latest_net_G.pth"),
-            license="Adobe Research License: non-commercial only (LeReS; merge net: academic use)",
-            size_mb=750,
-            loader="controlnet_aux LeresDetector (ResNeXt-101, local dir)",
+            revision=_ANNOTATORS_REVISION,
+            # Only the depth network: controlnet_aux's pix2pix merge net (latest_net_G.pth, 318 MB; 849 MB with
+            # both) serves its "boost" mode, which we never run, and it would always be placed on GPU 0.
+            files=("res101.pth",),
+            license="Adobe Research License: non-commercial only",
+            size_mb=531,
+            loader="controlnet_aux RelDepthModel (ResNeXt-101), res101.pth loaded with weights_only",
             tiny_writer="aas_core.tiny.depth:write_tiny_leres",
             description="LeReS relative depth (ResNeXt-101). Not for commercial use: check its licence first.",
-            options={"filename": "res101.pth", "pix2pix_filename": "latest_net_G.pth"},
+            options={"filename": "res101.pth"},
         ),
         # --- generation backends (structure-guided text-to-video) ---
         ModelSpec(
             name="sd15",
             kind="diffusion",
             hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
-            # fp32 diffusers folders only: no .ckpt, no fp16/non-EMA/.bin duplicates, no safety checker.
-            files=(
-                "model_index.json",
-                "feature_extractor/preprocessor_config.json",
-                "scheduler/scheduler_config.json",
-                "text_encoder/config.json",
-                "text_encoder/model.safetensors",
-                "tokenizer/vocab.json",
-                "tokenizer/merges.txt",
-                "tokenizer/tokenizer_config.json",
-                "tokenizer/special_tokens_map.json",
-                "unet/config.json",
-                "unet/diffusion_pytorch_model.safetensors",
-                "vae/config.json",
-                "vae/diffusion_pytorch_model.safetensors",
-            ),
+            # Diffusers folders only: no .ckpt, no non-EMA/.bin duplicates, no safety checker; fp32 or the fp16 variant.
+            files=_SD15_FILES,
+            variants={"fp16": tuple(f.replace(".safetensors", ".fp16.safetensors") for f in _SD15_FILES)},
             license="CreativeML OpenRAIL-M",
             size_mb=4270,
             loader="diffusers/transformers from_pretrained(model_dir / subfolder)",
@@ -142,7 +172,9 @@ REGISTRY: dict[str, ModelSpec] = {
             name="animatediff-motion-adapter-v1-5-3",
             kind="diffusion",
             hub_id="guoyww/animatediff-motion-adapter-v1-5-3",
-            files=("config.json", "diffusion_pytorch_model.safetensors"),
+            revision="449d8993ead63a068e1030eb26925132814db1c8",
+            files=_DIFFUSERS_MODEL_FILES,
+            variants={"fp16": _DIFFUSERS_MODEL_FP16},
             license="Apache-2.0",
             size_mb=1670,
             loader="diffusers MotionAdapter.from_pretrained",
@@ -153,7 +185,9 @@ REGISTRY: dict[str, ModelSpec] = {
             name="controlnet-depth-sd15",
             kind="diffusion",
             hub_id="lllyasviel/control_v11f1p_sd15_depth",
-            files=("config.json", "diffusion_pytorch_model.safetensors"),
+            revision="7c693a1fe066e89184a9e04489e0d3a3519a1aa3",
+            files=_DIFFUSERS_MODEL_FILES,
+            variants={"fp16": _DIFFUSERS_MODEL_FP16},
             license="OpenRAIL",
             size_mb=1450,
             loader="diffusers ControlNetModel.from_pretrained",
@@ -164,7 +198,8 @@ REGISTRY: dict[str, ModelSpec] = {
             name="wan2.1-vace-1.3b",
             kind="diffusion",
             hub_id="Wan-AI/Wan2.1-VACE-1.3B-diffusers",
-            # The tokenizer loads from tokenizer.json; the SentencePiece spiece.model duplicate is skipped.
+            # The whole tokenizer folder as the hub has it: tokenizer.json is what loads, spiece.model and
+            # special_tokens_map.json keep the slow tokenizer and the 300 <extra_id_N> specials intact.
             files=(
                 "model_index.json",
                 "scheduler/scheduler_config.json",
@@ -172,6 +207,8 @@ REGISTRY: dict[str, ModelSpec] = {
                 "text_encoder/*.safetensors",
                 "tokenizer/tokenizer.json",
                 "tokenizer/tokenizer_config.json",
+                "tokenizer/special_tokens_map.json",
+                "tokenizer/spiece.model",
                 "transformer/*.json",
                 "transformer/*.safetensors",
                 "vae/config.json",
@@ -248,6 +285,12 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 DEFAULT_CLIP = "clip-vit-b-32"
+
+UNPINNED: frozenset[str] = frozenset(
+    {"clip-vit-b-32", "sd15", "wan2.1-vace-1.3b", "qwen2.5-1.5b-instruct", "ip-adapter-sd15", "animatediff-lightning"}
+)
+"""Models fetched at "main": no full commit id of their hub repo was found in the published listings checked.
+Every other entry is pinned to the commit whose file list was verified."""
 
 BACKEND_MODELS: dict[str, tuple[str, ...]] = {
     "animatediff": ("sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from aas_core.errors import WeightsMissingError
+from aas_core.errors import WeightsCorruptError, WeightsMissingError
 from aas_core.fsutil import atomic_dir, atomic_write_json
 from aas_core.registry import REGISTRY, ModelSpec, get_spec
 
@@ -23,8 +23,8 @@ def weights_dir(override: Optional[str | os.PathLike[str]] = None) -> Path:
     return Path(override or os.environ.get("AAS_WEIGHTS_DIR") or "weights").expanduser().absolute()
 
 
-def _missing_patterns(spec: ModelSpec, folder: Path) -> list[str]:
-    return [pattern for pattern in spec.files if not any(folder.glob(pattern))]
+def _missing_patterns(spec: ModelSpec, folder: Path, variant: Optional[str] = None) -> list[str]:
+    return [pattern for pattern in spec.local_files(variant) if not any(folder.glob(pattern))]
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,41 @@ class WeightsStatus:
     present: bool
     tiny: bool
     missing: tuple[str, ...]
+    variants: tuple[str, ...] = ()
+    """Complete file sets present: "" (full precision) and/or variant names such as "fp16"."""
 
 
 def status(name: str, root: Optional[str | os.PathLike[str]] = None) -> WeightsStatus:
-    """Report whether `name` is fully present under the weights folder."""
+    """Report whether `name` is fully present (in full precision or any variant) under the weights folder."""
     spec = get_spec(name)
     folder = weights_dir(root) / spec.name
-    missing = tuple(_missing_patterns(spec, folder)) if folder.is_dir() else spec.files
+    missing = tuple(_missing_patterns(spec, folder)) if folder.is_dir() else spec.local_files()
+    complete = _complete_sets(spec, folder)
     return WeightsStatus(
         name=spec.name,
         path=str(folder),
-        present=not missing,
+        present=bool(complete),
         tiny=(folder / TINY_MARKER).is_file(),
-        missing=missing,
+        missing=() if complete else missing,
+        variants=complete,
     )
+
+
+def _complete_sets(spec: ModelSpec, folder: Path) -> tuple[str, ...]:
+    """"" (full precision) and the variant names whose files are all in `folder`."""
+    if not folder.is_dir():
+        return ()
+    return tuple(v for v in ("", *spec.variants) if not _missing_patterns(spec, folder, v or None))
+
+
+def file_variant(name: str, folder: str | os.PathLike[str], dtype_name: str) -> Optional[str]:
+    """The file variant to load from a model folder for a run in `dtype_name`: "fp16" files on half-precision
+    runs (or when they are all there is; diffusers upcasts them), None for the full-precision files."""
+    present = _complete_sets(get_spec(name), Path(folder))
+    half = dtype_name in ("float16", "bfloat16")
+    if "fp16" in present and (half or "" not in present):
+        return "fp16"
+    return None
 
 
 def model_dir(name: str, root: Optional[str | os.PathLike[str]] = None) -> Path:
@@ -59,8 +80,8 @@ def model_dir(name: str, root: Optional[str | os.PathLike[str]] = None) -> Path:
         raise WeightsMissingError(
             f"model {name!r} is not in {weights_dir(root)} (missing {', '.join(state.missing)}). "
             f"Fetch it with: python -m aas_core weights download {name}"
-            + ("" if root is None else f" --dir {root}")
-            + "  (or try the workflow without downloads: python -m aas_core weights tiny --dir DIR)"
+            + ("" if root is None else f" --weights {root}")
+            + "  (or try the workflow without downloads: python -m aas_core weights tiny --weights DIR)"
         )
     # Resolved, so model caches keyed by this folder share one copy across linked weights folders.
     return Path(state.path).resolve()
@@ -71,15 +92,21 @@ def is_tiny(name: str, root: Optional[str | os.PathLike[str]] = None) -> bool:
     return status(name, root).tiny
 
 
-def download(names: Iterable[str], root: Optional[str | os.PathLike[str]] = None, force: bool = False) -> list[Path]:
-    """Fetch models from the Hugging Face Hub into the weights folder (tqdm progress on stderr)."""
+def download(
+    names: Iterable[str], root: Optional[str | os.PathLike[str]] = None, force: bool = False, variant: Optional[str] = None
+) -> list[Path]:
+    """Fetch models from the Hugging Face Hub into the weights folder (tqdm progress on stderr).
+
+    `variant="fp16"` fetches the half-size files where a repo has them (for half-precision GPUs).
+    """
     from huggingface_hub import snapshot_download
 
     fetched = []
     for name in names:
         spec = get_spec(name)
         folder = weights_dir(root) / spec.name
-        if not force and status(name, root).present and not is_tiny(name, root):
+        wanted = variant if variant in spec.variants else ""
+        if not force and wanted in status(name, root).variants and not is_tiny(name, root):
             fetched.append(folder)
             continue
         if is_tiny(name, root):
@@ -89,16 +116,19 @@ def download(names: Iterable[str], root: Optional[str | os.PathLike[str]] = None
             snapshot_download(
                 repo_id=spec.hub_id,
                 revision=spec.revision,
-                allow_patterns=list(spec.files),
+                allow_patterns=list(spec.files_for(wanted or None)),
                 local_dir=str(folder),
             )
         except Exception as exc:  # the hub client raises many types (network, auth, 404)
             raise WeightsMissingError(
                 f"could not fetch {name} ({spec.hub_id}) from the Hugging Face Hub: {exc}. "
-                f"Check the network (or HF_ENDPOINT / HF_TOKEN), or copy the files {', '.join(spec.files)} "
+                f"Check the network (or HF_ENDPOINT / HF_TOKEN), or copy the files {', '.join(spec.files_for(wanted or None))} "
                 f"into {folder} by hand"
             ) from exc
-        missing = _missing_patterns(spec, folder)
+        for source, target in spec.converted.items():
+            if (folder / source).is_file():
+                to_safetensors(folder / source, folder / target)
+        missing = _missing_patterns(spec, folder, wanted or None)
         if missing:
             raise WeightsMissingError(
                 f"downloaded {spec.hub_id} but {', '.join(missing)} did not arrive; "
@@ -106,6 +136,23 @@ def download(names: Iterable[str], root: Optional[str | os.PathLike[str]] = None
             )
         fetched.append(folder)
     return fetched
+
+
+def to_safetensors(source: Path, target: Path) -> Path:
+    """Rewrite a pickled state dict as safetensors (read with weights_only=True, tensors only) and delete the pickle."""
+    import torch
+    from safetensors.torch import save_file
+
+    from aas_core.fsutil import atomic_path
+
+    state = torch.load(str(source), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsCorruptError(f"{source} is not a state dict of tensors; fetch it again with --force")
+    # clone(): tied tensors share storage, which safetensors refuses to write twice.
+    with atomic_path(target, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp))
+    source.unlink()
+    return target
 
 
 def write_tiny(names: Iterable[str], root: str | os.PathLike[str], overwrite: bool = True) -> list[Path]:
@@ -139,6 +186,8 @@ def list_all(root: Optional[str | os.PathLike[str]] = None) -> list[dict]:
                 "license": spec.license,
                 "size_mb": spec.size_mb,
                 "present": state.present,
+                "variants": list(state.variants),
+                "revision": spec.revision,
                 "tiny": state.tiny,
                 "path": state.path,
                 "loader": spec.loader,

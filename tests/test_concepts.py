@@ -344,7 +344,7 @@ def test_ti_export_loads_in_diffusers_and_imports_back(trained, root, tmp_path):
 
 
 def test_cli_train_list_show_export_delete(root, photos, tmp_path, capsys):
-    args = ["--dir", str(root), "--json"]
+    args = ["--weights", str(root), "--json"]
     code = main(["--device", "cpu", "--dtype", "float32", "concept", "train", "--name", "cli-cat", "--class-word", "cat",
                  *map(str, photos[:1]), "--steps", "2", "--buckets", "2", "--vectors", "1", "--batch-size", "1",
                  "--validate-every", "0", *args])

@@ -49,17 +49,17 @@ def test_download_without_network_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_cli_list_and_tiny_json(tmp_path, capsys):
-    assert main(["weights", "tiny", "clip-vit-b-32", "--dir", str(tmp_path), "--json"]) == 0
+    assert main(["weights", "tiny", "clip-vit-b-32", "--weights", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] and out["written"] == [str(tmp_path / "clip-vit-b-32")]
-    assert main(["weights", "list", "--dir", str(tmp_path), "--json"]) == 0
+    assert main(["weights", "list", "--weights", str(tmp_path), "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
     assert rows["clip-vit-b-32"]["tiny"] and rows["clip-vit-b-32"]["present"]
     assert not rows["clip-vit-l-14"]["present"]
 
 
 def test_cli_error_is_json_and_exit_2(tmp_path, capsys):
-    assert main(["weights", "download", "no-such-model", "--dir", str(tmp_path), "--json"]) == 2
+    assert main(["weights", "download", "no-such-model", "--weights", str(tmp_path), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and "unknown model" in out["error"]
 

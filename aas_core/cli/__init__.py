@@ -38,6 +38,14 @@ def add_command(
     return parser
 
 
+def given(args: argparse.Namespace, **fields: str) -> dict:
+    """Keyword arguments for an engine call or dataclass from the flags the user gave (`field=flag_dest`).
+
+    Flags default to None, so whatever was not given falls through to the engine's own default.
+    """
+    return {name: getattr(args, dest) for name, dest in fields.items() if getattr(args, dest) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every group registered)."""
     from aas_core.device import DEVICE_CHOICES, DTYPE_CHOICES
@@ -82,14 +90,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 os.environ[key] = value
 
 
+def _message(exc: BaseException) -> str:
+    """The user-facing text of an error; pydantic's (a record built with a bad field) as `field: problem` lines."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:12])
+    return str(exc)
+
+
 def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
     """Print a user error (as a JSON error object with --json) and return exit code 2."""
+    message = _message(exc)
     if getattr(args, "json", False):
-        body: dict = {"ok": False, "error": str(exc), "error_type": type(exc).__name__}
+        body: dict = {"ok": False, "error": message, "error_type": type(exc).__name__}
         if isinstance(exc, OSError) and exc.errno is not None:
             body["errno"] = errno.errorcode.get(exc.errno, exc.errno)
         print(json.dumps(body))
-    print(f"error: {exc}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
     return 2
 
 

@@ -6,13 +6,14 @@ import argparse
 import signal
 import warnings
 
-from aas_core.cli import add_command
+from aas_core.cli import add_command, given
 from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, IP_VARIANTS
 from aas_core.concepts.store import CONCEPT_METHODS
+from aas_core.concepts.train import TrainSettings
 
 
 def _root_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", help="weights folder holding concepts/ (default: $AAS_WEIGHTS_DIR or ./weights)")
+    p.add_argument("--weights", help="weights folder holding concepts/ (default: $AAS_WEIGHTS_DIR or ./weights)")
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -21,14 +22,14 @@ def _train(args: argparse.Namespace) -> dict:
     from aas_core.device import pick_runtime
     from aas_core.progress import CancelToken, tqdm_progress
 
-    check_free(args.name, args.dir, args.overwrite)  # before any progress bar or model load
+    check_free(args.name, args.weights, args.overwrite)  # before any progress bar or model load
     if args.method == "ip-adapter":
         return _instant(args)
     settings = TrainSettings(
-        steps=args.steps, buckets=args.buckets, vectors=args.vectors, lr=args.lr, batch_size=args.batch_size,
-        resolution=args.resolution, lora=args.lora, lora_rank=args.lora_rank,
-        gradient_checkpointing=args.gradient_checkpointing, validate_every=args.validate_every,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        lora=args.lora, gradient_checkpointing=args.gradient_checkpointing,
+        **given(args, steps="steps", buckets="buckets", vectors="vectors", lr="lr", batch_size="batch_size",
+                resolution="resolution", lora_rank="lora_rank", validate_every="validate_every",
+                checkpoint_every="checkpoint_every", seed="seed"),
     )
     cancel = CancelToken()
     # Ctrl-C stops at the next step with a checkpoint saved, so the same command resumes.
@@ -38,7 +39,7 @@ def _train(args: argparse.Namespace) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = train_concept(
-                args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], settings, root=args.dir,
+                args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], settings, root=args.weights,
                 overwrite=args.overwrite, runtime=pick_runtime(), on_progress=progress, cancel=cancel,
                 method=args.method, ip_scale=args.ip_scale, ip_variant=args.ip_variant,
             )
@@ -69,7 +70,7 @@ def _instant(args: argparse.Namespace) -> dict:
         warnings.simplefilter("always")
         concept = make_ip_concept(
             args.name, args.class_word, [parse_photo_arg(p) for p in args.photos], ip_scale=args.ip_scale,
-            variant=args.ip_variant, root=args.dir, overwrite=args.overwrite, runtime=pick_runtime(),
+            variant=args.ip_variant, root=args.weights, overwrite=args.overwrite, runtime=pick_runtime(),
         )
     notes = [str(w.message) for w in caught]
     text = [f"warning: {n}" for n in notes] + [
@@ -85,13 +86,13 @@ def _instant(args: argparse.Namespace) -> dict:
 def _list(args: argparse.Namespace) -> dict:
     from aas_core.concepts import concepts_dir, list_concepts
 
-    concepts = list_concepts(args.dir)
+    concepts = list_concepts(args.weights)
     lines = [f"{'token':<24} {'class':<12} {'K x n':<7} {'lora':<5} {'source':<14} base"]
     for c in concepts:
         lines.append(f"{c.token:<24} {c.class_word:<12} {f'{c.buckets}x{c.vectors}':<7} {'yes' if c.lora else '-':<5} "
                      f"{c.source:<14} {c.base_model}{' (tiny)' if c.tiny else ''}")
     if not concepts:
-        lines = [f"no concepts yet in {concepts_dir(args.dir)}; make one with: python -m aas_core concept train --name NAME --class-word WORD PHOTOS..."]
+        lines = [f"no concepts yet in {concepts_dir(args.weights)}; make one with: python -m aas_core concept train --name NAME --class-word WORD PHOTOS..."]
     return {"concepts": [c.summary() for c in concepts], "_text": "\n".join(lines)}
 
 
@@ -100,7 +101,7 @@ def _show(args: argparse.Namespace) -> dict:
 
     from aas_core.concepts import load_concept
 
-    concept = load_concept(args.name, args.dir)
+    concept = load_concept(args.name, args.weights)
     summary = concept.summary()
     return {"concept": summary, "_text": json.dumps(summary, indent=2, default=str)}
 
@@ -108,28 +109,28 @@ def _show(args: argparse.Namespace) -> dict:
 def _delete(args: argparse.Namespace) -> dict:
     from aas_core.concepts import delete_concept
 
-    path = delete_concept(args.name, args.dir)
+    path = delete_concept(args.name, args.weights)
     return {"deleted": str(path), "_text": f"deleted {path}"}
 
 
 def _export(args: argparse.Namespace) -> dict:
     from aas_core.concepts import export_textual_inversion, load_concept
 
-    out = export_textual_inversion(load_concept(args.name, args.dir), args.out)
+    out = export_textual_inversion(load_concept(args.name, args.weights), args.out)
     return {"exported": str(out), "_text": f"wrote {out} (mean of the timestep buckets; loads as a plain textual inversion)"}
 
 
 def _import_ti(args: argparse.Namespace) -> dict:
     from aas_core.concepts import import_textual_inversion
 
-    c = import_textual_inversion(args.file, args.name, args.class_word, root=args.dir, overwrite=args.overwrite)
+    c = import_textual_inversion(args.file, args.name, args.class_word, root=args.weights, overwrite=args.overwrite)
     return {"concept": c.summary(), "_text": f"imported {args.file} as {c.token} ({c.vectors} vectors) in {c.folder}"}
 
 
 def _import_lora(args: argparse.Namespace) -> dict:
     from aas_core.concepts import import_lora
 
-    c = import_lora(args.file, args.name, args.trigger, args.class_word, root=args.dir, overwrite=args.overwrite)
+    c = import_lora(args.file, args.name, args.trigger, args.class_word, root=args.weights, overwrite=args.overwrite)
     return {"concept": c.summary(), "_text": f"imported {args.file} as {c.token} (LoRA, trigger {args.trigger or args.class_word!r}) in {c.folder}"}
 
 
@@ -150,18 +151,20 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="ip-adapter/both: weight of the photos in shots, 0..2 (a shot can override it)")
     p.add_argument("--ip-variant", choices=IP_VARIANTS, default=DEFAULT_IP_VARIANT,
                    help="ip-adapter/both: IP-Adapter file (plus: best identity; plain: looser; plus-face: faces)")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--buckets", type=int, default=8, help="K timestep buckets, each with its own vectors")
-    p.add_argument("--vectors", type=int, default=2, help="n token vectors per bucket")
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--batch-size", type=int, default=4)
+    # No defaults here: what is not given falls through to TrainSettings' own (shown in the help).
+    d = TrainSettings()
+    p.add_argument("--steps", type=int, help=f"optimisation steps (default {d.steps})")
+    p.add_argument("--buckets", type=int, help=f"K timestep buckets, each with its own vectors (default {d.buckets})")
+    p.add_argument("--vectors", type=int, help=f"n token vectors per bucket (default {d.vectors})")
+    p.add_argument("--lr", type=float, help=f"learning rate of the vectors (default {d.lr:g})")
+    p.add_argument("--batch-size", type=int, help=f"photos per step (default {d.batch_size})")
     p.add_argument("--resolution", type=int, help="training side in px (default: the base model's, 512)")
     p.add_argument("--lora", action="store_true", help="also train a LoRA on the cross-attention key/value projections")
-    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--lora-rank", type=int, help=f"LoRA rank (default {d.lora_rank})")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
-    p.add_argument("--validate-every", type=int, default=250, help="validation image every N steps (0: never)")
-    p.add_argument("--checkpoint-every", type=int, default=250, help="resumable checkpoint every N steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validate-every", type=int, help=f"validation image every N steps, 0: never (default {d.validate_every})")
+    p.add_argument("--checkpoint-every", type=int, help=f"resumable checkpoint every N steps (default {d.checkpoint_every})")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--overwrite", action="store_true", help="replace an existing concept of that name")
     _root_arg(p)
     p = add_command(group, "list", _list, "every concept in the weights folder")

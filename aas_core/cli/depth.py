@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 
-from aas_core.cli import add_command
+from aas_core.cli import add_command, given
 from aas_core.depth.clip import FIT_MODES, parse_size
-from aas_core.depth.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
-from aas_core.depth.pipeline import DEFAULT_SMOOTHING
+from aas_core.depth.estimators import ESTIMATORS
+from aas_core.depth.pipeline import depth_from_clip
 from aas_core.depth.stabilize import NORMALIZE_MODES
 from aas_core.depth.video import META_FILE
 from aas_core.errors import InputError
 
 PARAMS_FILE = "params.json"
+_DEFAULTS = {name: p.default for name, p in inspect.signature(depth_from_clip).parameters.items()}
+"""depth_from_clip's own defaults, for the help text."""
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -27,13 +30,12 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from aas_core.depth import depth_from_clip, write_previews
+    from aas_core.depth import write_previews
     from aas_core.device import pick_runtime
     from aas_core.fsutil import atomic_dir, atomic_write_json, check_writable
     from aas_core.progress import tqdm_progress
     from aas_core.weights import weights_dir
 
-    size = parse_size(args.size)
     out = _out_dir(args)
     check_writable(out.parent)  # before the estimator runs, not after
     runtime = pick_runtime()  # the top-level --device/--dtype land in $AAS_DEVICE/$AAS_DTYPE
@@ -43,18 +45,14 @@ def _run(args: argparse.Namespace) -> dict:
             args.clip,
             start=args.start,
             end=args.end,
-            frames=args.frames,
-            size=size,
-            speed=args.speed,
-            fit=args.fit,
-            estimator=args.estimator,
-            smoothing=args.smoothing,
             weights_root=args.weights,
             runtime=runtime,
             cache_dir=args.cache_dir,
             on_progress=progress,
-            normalize_mode=args.normalize,
             use_cache=not args.no_cache,
+            **given(args, frames="frames", speed="speed", fit="fit", estimator="estimator", smoothing="smoothing",
+                    normalize_mode="normalize"),
+            **({"size": parse_size(args.size)} if args.size is not None else {}),
         )
     finally:
         close()
@@ -107,13 +105,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("clip", help="video file (mp4, mov, mkv, ...)")
     p.add_argument("--start", type=float, help="span start in seconds (default: clip start)")
     p.add_argument("--end", type=float, help="span end in seconds (default: clip end)")
-    p.add_argument("--frames", type=int, default=16, help="frames in the shot (default 16)")
-    p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
-    p.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR, help=f"default {DEFAULT_ESTIMATOR}")
-    p.add_argument("--speed", type=float, default=1.0, help="motion speed factor: 2 covers twice the footage (default 1)")
-    p.add_argument("--fit", choices=FIT_MODES, default="crop", help="centre-crop or pad to the size (default crop)")
-    p.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING, help=f"temporal sigma in frames, 0 = off (default {DEFAULT_SMOOTHING})")
-    p.add_argument("--normalize", choices=NORMALIZE_MODES, default="global", help="global: one scale for the clip (default); aligned: remove per-frame scale drift first; per-frame: min/max baseline")
+    # No defaults here: what is not given falls through to depth_from_clip's own (shown in the help).
+    p.add_argument("--frames", type=int, help=f"frames in the shot (default {_DEFAULTS['frames']})")
+    p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default {}x{})".format(*_DEFAULTS["size"]))
+    p.add_argument("--estimator", choices=ESTIMATORS, help=f"default {_DEFAULTS['estimator']}")
+    p.add_argument("--speed", type=float, help=f"motion speed factor: 2 covers twice the footage (default {_DEFAULTS['speed']:g})")
+    p.add_argument("--fit", choices=FIT_MODES, help=f"centre-crop or pad to the size (default {_DEFAULTS['fit']})")
+    p.add_argument("--smoothing", type=float, help=f"temporal sigma in frames, 0 = off (default {_DEFAULTS['smoothing']:g})")
+    p.add_argument("--normalize", choices=NORMALIZE_MODES, help=f"{_DEFAULTS['normalize_mode']} (default): one scale for the clip; aligned: remove per-frame scale drift first; per-frame: min/max baseline")
     p.add_argument("--out", help="output folder (default outputs/depth/<clip>-<time>)")
     p.add_argument("--weights", help="weights folder (default: $AAS_WEIGHTS_DIR or ./weights)")
     p.add_argument("--cache-dir", help="depth cache (default: $AAS_CACHE_DIR/depth or <weights>/.cache/depth)")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterator, Literal, Optional, Sequence
 from aas_core.concepts import ip_adapter
 from aas_core.concepts.store import Concept
 from aas_core.concepts.timeinv import SwapEntry, TokenSwap, buckets_tensor
+from aas_core.registry import BACKEND_MODELS
 from aas_core.tokens import TOKEN
 from aas_core.errors import InputError
 from aas_core.limits import MAX_PROMPT_TI_VECTORS
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 ConceptBackend = Literal["animatediff", "vace"]
-CONCEPT_BACKENDS: tuple[str, ...] = ("animatediff", "vace")
+CONCEPT_BACKENDS: tuple[str, ...] = tuple(BACKEND_MODELS)
 
 
 @dataclass

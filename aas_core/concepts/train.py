@@ -146,14 +146,17 @@ def _load_parts(base_model: str, folder: Path, root: Root, runtime: Runtime) -> 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    import torch
+
     from aas_core.registry import get_spec
-    from aas_core.weights import is_tiny
+    from aas_core.weights import file_variant, is_tiny
 
     device = runtime.torch_device
+    variant = file_variant(base_model, folder, runtime.dtype_name)  # half-size files on half-precision runs
     # The text encoder stays float32: gradients flow through it into the (float32) table.
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=runtime.dtype).to(device).eval()
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=runtime.dtype).to(device).eval()
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32, variant=variant).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=runtime.dtype, variant=variant).to(device).eval()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=runtime.dtype, variant=variant).to(device).eval()
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False)
     return SDParts(

@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, get_args
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import numpy as np
 
 from aas_core import models
 from aas_core.errors import InputError
-from aas_core.registry import get_spec
+from aas_core.registry import get_spec, names_of_kind
 from aas_core.weights import is_tiny, load_error, model_dir, weights_dir
 
 if TYPE_CHECKING:
     from aas_core.device import Runtime
 
 EstimatorName = Literal["depth-anything-v2-small", "midas-dpt-hybrid", "zoedepth", "leres"]
-ESTIMATORS: tuple[str, ...] = get_args(EstimatorName)
+ESTIMATORS: tuple[str, ...] = names_of_kind("depth")  # from the registry; `EstimatorName` spells them for type checkers
 """Estimator names, default first (CLI choices and UI dropdowns)."""
 DEFAULT_ESTIMATOR: str = ESTIMATORS[0]
 
@@ -179,9 +178,16 @@ def _build_zoe(folder: Path, runtime: "Runtime"):
     import torch
 
     with quiet_imports():
-        from controlnet_aux.zoe import ZoeDetector
+        from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+        from controlnet_aux.zoe.zoedepth.utils.config import get_config
 
-        net = ZoeDetector.from_pretrained(str(folder), model_type="zoedepth").model.to(runtime.device).eval()
+        net = ZoeDepth.build_from_config(get_config("zoedepth", "infer"))
+    state = _checkpoint(folder / get_spec("zoedepth").options["filename"], "model")
+    # The checkpoint stores BEiT's relative_position_index buffers, which timm >= 1.0 computes itself (not in the
+    # state dict). ZoeDetector then loads with strict=False and would accept a truncated file: we load strictly.
+    state = {k: v for k, v in state.items() if not k.endswith("relative_position_index")}
+    torch.nn.Module.load_state_dict(net, state, strict=True)
+    net = net.to(runtime.device).eval()
 
     def predict(frames: np.ndarray) -> np.ndarray:
         x = _resized(frames, _net_size(frames.shape[1], frames.shape[2], 384, 32))
@@ -192,29 +198,29 @@ def _build_zoe(folder: Path, runtime: "Runtime"):
     return predict, 4 if runtime.device != "cpu" else 1, net
 
 
-@contextlib.contextmanager
-def _bare_argv():
-    """LeReS' pix2pix options parse sys.argv; our own flags (e.g. --out) would confuse or exit it."""
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
+def _checkpoint(path: Path, key: str) -> dict:
+    """The state dict under `key` of a controlnet_aux checkpoint, read with weights_only (never unpickles code)."""
+    import torch
+
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or key not in checkpoint:
+        raise KeyError(f"{path.name} has no {key!r} state dict (missing keys): not the expected checkpoint")
+    return checkpoint[key]
 
 
 def _build_leres(folder: Path, runtime: "Runtime"):
     import torch
 
     with quiet_imports():
-        from controlnet_aux.leres import LeresDetector
+        from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
 
-    spec = get_spec("leres")
-    with _bare_argv(), quiet_imports():
-        detector = LeresDetector.from_pretrained(
-            str(folder), filename=spec.options["filename"], pix2pix_filename=spec.options["pix2pix_filename"]
-        )
-    net = detector.model.to(runtime.device).eval()
+    # The depth network alone, built here as LeresDetector does: its pix2pix merge net (boost mode, unused)
+    # would be loaded onto GPU 0 whatever device was chosen.
+    net = RelDepthModel(backbone="resnext101")
+    state = _checkpoint(folder / get_spec("leres").options["filename"], "depth_model")
+    # A DataParallel-saved file prefixes every key with `module.` (LeresDetector strips it too).
+    net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
+    net = net.to(runtime.device).eval()
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 

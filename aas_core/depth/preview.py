@@ -10,6 +10,7 @@ import numpy as np
 from aas_core.depth.video import DepthVideo
 from aas_core.errors import InputError
 from aas_core.fsutil import atomic_path
+from aas_core.sampling import spread_indices
 from aas_core.video_io import write_video
 
 PREVIEW_FILES = {"depth": "depth_preview.mp4", "side_by_side": "side_by_side.mp4", "contact_sheet": "contact_sheet.png"}
@@ -43,7 +44,7 @@ def contact_sheet(depth: DepthVideo, columns: int = 8, thumb_width: int = 192) -
     """(H, W, 3) uint8 grid: up to `columns` evenly spaced frames, source above, depth below."""
     import cv2
 
-    picks = np.unique(np.linspace(0, depth.num_frames - 1, min(columns, depth.num_frames)).round().astype(int))
+    picks = spread_indices(depth.num_frames, columns)
     width, height = depth.size
     tw = min(thumb_width, width)
     th = max(1, round(height * tw / width))

@@ -13,7 +13,7 @@ from aas_core.errors import InputError, WeightsMissingError
 from aas_core.generate.presets import PRESET_TABLE, MotionChoice
 from aas_core.models import ModelKey
 from aas_core.registry import BACKEND_BASE_MODEL, BACKEND_MODELS, get_spec
-from aas_core.weights import is_tiny, load_error, model_dir, weights_dir
+from aas_core.weights import file_variant, is_tiny, load_error, model_dir, weights_dir
 
 __all__ = ["BACKEND_BASE_MODEL", "BACKEND_MODELS", "LoadedPipeline", "current", "get_pipeline", "load_pipeline", "release"]
 
@@ -197,17 +197,25 @@ def _build_animatediff(folders: dict, runtime: Runtime, motion: Optional[MotionC
     from aas_core.generate.presets import load_motion_checkpoint
 
     sd, dtype = folders["sd15"], runtime.dtype
+    # Half-size fp16 files where they were downloaded (`weights download --variant fp16`) and the run is half precision.
+    sd_variant = file_variant("sd15", sd, runtime.dtype_name)
     if motion is not None and motion.file:
         motion_adapter = load_motion_checkpoint(folders[motion.model], motion.file, dtype)
     else:
-        motion_adapter = MotionAdapter.from_pretrained(folders[motion.model if motion else PRESET_TABLE["standard"].motion_model], dtype=dtype)
+        name = motion.model if motion else PRESET_TABLE["standard"].motion_model
+        motion_adapter = MotionAdapter.from_pretrained(
+            folders[name], dtype=dtype, variant=file_variant(name, folders[name], runtime.dtype_name)
+        )
+    controlnet = folders["controlnet-depth-sd15"]
     pipe = AnimateDiffControlNetPipeline(
-        vae=AutoencoderKL.from_pretrained(sd / "vae", dtype=dtype),
-        text_encoder=CLIPTextModel.from_pretrained(sd / "text_encoder", dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(sd / "vae", dtype=dtype, variant=sd_variant),
+        text_encoder=CLIPTextModel.from_pretrained(sd / "text_encoder", dtype=dtype, variant=sd_variant),
         tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(sd / "unet", dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(sd / "unet", dtype=dtype, variant=sd_variant),
         motion_adapter=motion_adapter,
-        controlnet=ControlNetModel.from_pretrained(folders["controlnet-depth-sd15"], dtype=dtype),
+        controlnet=ControlNetModel.from_pretrained(
+            controlnet, dtype=dtype, variant=file_variant("controlnet-depth-sd15", controlnet, runtime.dtype_name)
+        ),
         scheduler=DDIMScheduler.from_pretrained(sd / "scheduler"),
         feature_extractor=None,
         image_encoder=None,

@@ -95,28 +95,34 @@ def write_tiny_midas(folder: Path, spec: ModelSpec) -> None:
 
 
 def write_tiny_zoe(folder: Path, spec: ModelSpec) -> None:
-    """`ZoeD_M12_N.pt` holding {"model": state_dict} of a random ZoeDepth-N."""
+    """`ZoeD_M12_N.pt` holding {"model": state_dict} of a random ZoeDepth-N, with the real file's extra keys.
+
+    The published checkpoint was saved with an older timm, so every BEiT attention block also stores its
+    `relative_position_index` buffer; newer timm computes it instead. The stand-in carries the same keys so
+    tests take the real file's load path (the loader must drop them).
+    """
     import torch
 
     with quiet_imports():
         from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
         from controlnet_aux.zoe.zoedepth.utils.config import get_config
+        from timm.models.beit import gen_relative_position_index
 
     torch.manual_seed(0)
     model = ZoeDepth.build_from_config(get_config("zoedepth", "infer"))
-    _save_half(model.state_dict(), folder / spec.options["filename"], wrap="model")
+    state = model.state_dict()
+    for key in [k for k in state if k.endswith(".attn.relative_position_bias_table")]:
+        attn = model.get_submodule(key.rsplit(".", 1)[0])
+        state[key.replace("relative_position_bias_table", "relative_position_index")] = gen_relative_position_index(attn.window_size)
+    _save_half(state, folder / spec.options["filename"], wrap="model")
 
 
 def write_tiny_leres(folder: Path, spec: ModelSpec) -> None:
-    """`res101.pth` ({"depth_model": ...}) and the pix2pix merge net `latest_net_G.pth`, random."""
+    """`res101.pth` holding {"depth_model": state_dict} of a random LeReS ResNeXt-101 depth network."""
     import torch
 
     with quiet_imports():
         from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
-        from controlnet_aux.leres.pix2pix.models import networks
 
     torch.manual_seed(0)
     _save_half(RelDepthModel(backbone="resnext101").state_dict(), folder / spec.options["filename"], wrap="depth_model")
-    # Same generator Pix2Pix4DepthModel builds from its default options (input_nc=2 is set by the model).
-    net_g = networks.define_G(2, 1, 64, "unet_1024", "none", False, "normal", 0.02, [])
-    _save_half(net_g.state_dict(), folder / spec.options["pix2pix_filename"])

@@ -259,6 +259,8 @@ TINY_WAN_TRANSFORMER = {"attention_head_dim": 12, "ffn_dim": 32, "num_attention_
 TINY_WAN_VAE = {"base_dim": 3, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1}
 TINY_UMT5 = {"d_ff": 37, "d_kv": 8, "d_model": 32, "num_decoder_layers": 2, "num_heads": 4, "num_layers": 2}
 TINY_T5_WORDS = 2000
+T5_EXTRA_IDS = 300
+"""UMT5's sentinel tokens <extra_id_0..299>, as in the real Wan tokenizer (its special_tokens_map.json lists them)."""
 """Whole words taken into the tiny Unigram vocabulary (plus single characters)."""
 
 
@@ -327,11 +329,32 @@ def write_t5_tokenizer(folder: Path) -> int:
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     tokenizer = T5TokenizerFast(
-        tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+        tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=T5_EXTRA_IDS,
         model_max_length=512,
     )
     tokenizer.save_pretrained(str(folder))
-    return len(vocab)
+    # The hub folder also holds the SentencePiece model and the special-tokens map: write them too.
+    (folder / "spiece.model").write_bytes(_sentencepiece_model(vocab))
+    _write_json(folder / "special_tokens_map.json", {
+        "additional_special_tokens": [f"<extra_id_{i}>" for i in range(T5_EXTRA_IDS)],
+        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+    })
+    return len(tokenizer)
+
+
+def _sentencepiece_model(vocab: list[tuple[str, float]]) -> bytes:
+    """A Unigram SentencePiece model (the spiece.model protobuf) of `vocab`: pad, eos, unk first, as T5's."""
+    from transformers.utils import sentencepiece_model_pb2_new as spm
+
+    model = spm.ModelProto()
+    for index, (piece, score) in enumerate(vocab):
+        entry = model.pieces.add()
+        entry.piece, entry.score = piece, score
+        entry.type = {0: 3, 1: 3, 2: 2}.get(index, 1)  # CONTROL (pad, eos), UNKNOWN, NORMAL
+    model.trainer_spec.model_type = 1  # UNIGRAM
+    model.trainer_spec.unk_id, model.trainer_spec.pad_id, model.trainer_spec.eos_id, model.trainer_spec.bos_id = 2, 0, 1, -1
+    model.normalizer_spec.name, model.normalizer_spec.add_dummy_prefix = "nmt_nfkc", True
+    return model.SerializeToString()
 
 
 def _save_model(model: Any, folder: Path, **kwargs: Any) -> None:
@@ -408,6 +431,12 @@ def write_tiny_wan_vace(folder: Path, spec: Optional[ModelSpec] = None, real: bo
     text_config = UMT5Config(**config_with(REAL_UMT5_XXL_ENCODER, {**text_overrides, "vocab_size": vocab_size}))
     shard = "5GB" if real else "200KB"
     _save_model(UMT5EncoderModel(text_config), folder / "text_encoder", max_shard_size=shard)
+    # transformers 5 writes UMT5 configs as tie_word_embeddings=true + scale_decoder_outputs=false; the hub's
+    # file (written by 4.x) says tie_word_embeddings=false. Keep the hub's form so loading takes the real path.
+    config_path = folder / "text_encoder" / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved.pop("scale_decoder_outputs", None)
+    _write_json(config_path, {**saved, "tie_word_embeddings": False})
     torch.manual_seed(6)
     transformer = WanVACETransformer3DModel.from_config(config_with(REAL_WAN_VACE_TRANSFORMER_1_3B, {} if real else TINY_WAN_TRANSFORMER))
     _save_model(transformer, folder / "transformer", max_shard_size=shard)
