@@ -237,6 +237,7 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             license="Apache-2.0",
             size_mb=3090,
+            revision="f73cfd58be7c44c3caabea717217251688cd47b1",
             loader="transformers AutoModelForCausalLM + AutoTokenizer (local dir), JSON-schema constrained decoding",
             tiny_writer="aas_core.tiny.llm:write_tiny_qwen_instruct",
             description="Story planner: writes each shot's retrieval query, prompt, caption, duration and transition.",
@@ -287,7 +288,7 @@ REGISTRY: dict[str, ModelSpec] = {
 DEFAULT_CLIP = "clip-vit-b-32"
 
 UNPINNED: frozenset[str] = frozenset(
-    {"clip-vit-b-32", "sd15", "wan2.1-vace-1.3b", "qwen2.5-1.5b-instruct", "ip-adapter-sd15", "animatediff-lightning"}
+    {"clip-vit-b-32", "sd15", "wan2.1-vace-1.3b", "ip-adapter-sd15", "animatediff-lightning"}
 )
 """Models fetched at "main": no full commit id of their hub repo was found in the published listings checked.
 Every other entry is pinned to the commit whose file list was verified."""
