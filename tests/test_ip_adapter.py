@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from aas_core.cli import main
-from aas_core.concepts import load_concept, train_concept, TrainSettings
-from aas_core.concepts.ip_adapter import EMBEDS_FILE, IP_VARIANTS, adapter_file, make_ip_concept
+from aas_core.concepts import TrainSettings, load_concept, train_concept
+from aas_core.concepts.ip_adapter import (
+    EMBEDS_FILE,
+    IP_VARIANTS,
+    adapter_file,
+    make_ip_concept,
+)
 from aas_core.concepts.store import TABLE_FILE
 from aas_core.device import Runtime
 from aas_core.errors import InputError
@@ -23,12 +28,16 @@ CPU = Runtime(device="cpu", dtype_name="float32")
 MODELS = ("sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15", "ip-adapter-sd15")
 
 
+def fresh_pipelines(tiny_root, folder, models):
+    """A weights folder linking tiny `models`, with no pipeline loaded before or after the module."""
+    pipelines.release()
+    yield concept_root(tiny_root, folder, *models)
+    pipelines.release()
+
+
 @pytest.fixture(scope="module")
 def root(tiny_root, tmp_path_factory):
-    folder = concept_root(tiny_root, tmp_path_factory.mktemp("ip_weights"), *MODELS)
-    pipelines.release()
-    yield folder
-    pipelines.release()
+    yield from fresh_pipelines(tiny_root, tmp_path_factory.mktemp("ip_weights"), MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +136,8 @@ def test_both_trains_timeinv_and_conditions_on_the_photos(root, photos, tmp_path
 
 
 def test_identity_metric_reads_the_photos_of_every_kind(bob, root):
-    from aas_core.metrics import character_identity
     from aas_core.library.embed import ClipEmbedder
+    from aas_core.metrics import character_identity
 
     ensure_tiny(root, "clip-vit-b-32")
     embedder = ClipEmbedder.load("clip-vit-b-32", weights_root=root, runtime=CPU)

@@ -11,11 +11,19 @@ from aas_core import models
 from aas_core.cli import main
 from aas_core.device import Runtime
 from aas_core.errors import InputError
-from aas_core.generate import PRESETS, ShotSpec, default_preset, estimate_gpu_seconds, generate, pipelines
+from aas_core.generate import (
+    PRESETS,
+    ShotSpec,
+    default_preset,
+    estimate_gpu_seconds,
+    generate,
+    pipelines,
+)
 from aas_core.generate.presets import PRESET_TABLE, SPACE_ENV, denoiser_passes
 from tests.helpers import ensure_tiny
-from tests.test_concepts import concept_root, make_photo
+from tests.test_concepts import make_photo
 from tests.test_generate import bar_depth
+from tests.test_ip_adapter import fresh_pipelines
 
 CPU = Runtime(device="cpu", dtype_name="float32")
 MODELS = ("sd15", "animatediff-motion-adapter-v1-5-3", "animatediff-lightning", "controlnet-depth-sd15", "ip-adapter-sd15")
@@ -23,10 +31,7 @@ MODELS = ("sd15", "animatediff-motion-adapter-v1-5-3", "animatediff-lightning", 
 
 @pytest.fixture(scope="module")
 def root(tiny_root, tmp_path_factory):
-    folder = concept_root(tiny_root, tmp_path_factory.mktemp("preset_weights"), *MODELS)
-    pipelines.release()
-    yield folder
-    pipelines.release()
+    yield from fresh_pipelines(tiny_root, tmp_path_factory.mktemp("preset_weights"), MODELS)
 
 
 def _shot(root, tmp_path, **fields):

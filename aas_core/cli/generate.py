@@ -8,6 +8,7 @@ from typing import Optional
 
 from aas_core.cli import add_command
 from aas_core.errors import InputError
+from aas_core.generate.presets import PRESETS
 from aas_core.generate.spec import BACKENDS, MEMORY_MODES, SCHEDULERS
 
 
@@ -54,6 +55,8 @@ def _generate(args: argparse.Namespace) -> dict:
         prompt=args.prompt,
         negative_prompt=args.negative,
         backend=args.backend,
+        preset=args.preset,
+        ip_scale=args.ip_scale,
         frames=args.frames,
         fps=args.fps,
         width=width,
@@ -111,14 +114,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--clip-start", type=float, default=None, help="with a clip: start of the span in seconds")
     p.add_argument("--clip-end", type=float, default=None, help="with a clip: end of the span in seconds")
     p.add_argument("--backend", choices=BACKENDS, default="animatediff")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="standard (25 steps + CFG) or fast (AnimateDiff-Lightning, 4 steps, no CFG); "
+                        "default: fast on a Hugging Face Space, else standard")
+    p.add_argument("--ip-scale", type=float, default=None,
+                   help="weight of instant (IP-Adapter) characters' photos in this shot, 0..2 (default: each concept's own)")
     p.add_argument("--strength", type=float, default=0.8, help="structure strength 0..2 (how hard depth steers)")
     p.add_argument("--structure-start", type=float, default=0.0, help="fraction of denoising where depth starts guiding")
     p.add_argument("--structure-end", type=float, default=1.0, help="fraction of denoising where depth stops guiding")
     p.add_argument("--frames", type=int, default=None, help="frame count (default 16; VACE needs 4k+1, default 17)")
     p.add_argument("--fps", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 25 AnimateDiff, 30 VACE)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default 7.5 AnimateDiff, 5 VACE)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, 25 or 4; 30 VACE)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's, 7.5 or 1 = off; 5 VACE)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="default")
     p.add_argument("--size", type=_size, default=(512, 512), help="WIDTHxHEIGHT (default 512x512)")
     p.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")

@@ -15,8 +15,8 @@ from aas_core import __version__, models
 from aas_core.depth.video import DepthVideo
 from aas_core.device import Runtime, pick_runtime
 from aas_core.errors import InputError
-from aas_core.fsutil import atomic_dir, atomic_write_json, json_digest
-from aas_core.generate import pipelines
+from aas_core.fsutil import atomic_dir, atomic_write_json, check_writable, json_digest
+from aas_core.generate import pipelines, presets
 from aas_core.generate.spec import OutOfMemory, ShotResult, ShotSpec
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.video_io import write_video
@@ -68,14 +68,15 @@ def _load_references(spec: ShotSpec, concepts: Sequence[Any]) -> list["Image.Ima
 
 
 @contextlib.contextmanager
-def _concepts_applied(pipe: Any, concepts: Sequence[Any], backend: str) -> Iterator[None]:
+def _concepts_applied(pipe: Any, concepts: Sequence[Any], spec: ShotSpec, weights_root: Any) -> Iterator[Any]:
+    """The concepts (TimeInv vectors, IP-Adapter photos) in `pipe` for one call; yields their AppliedConcepts or None."""
     if not concepts:
-        yield
+        yield None
         return
     from aas_core.concepts import apply_concepts  # only needed (and importable) when concepts are used
 
-    with apply_concepts(pipe, concepts, backend):
-        yield
+    with apply_concepts(pipe, concepts, spec.backend, weights_root=weights_root, ip_scale=spec.ip_scale) as applied:
+        yield applied
 
 
 class _Timer:
@@ -135,11 +136,17 @@ def _call_pipeline(
     references: list["Image.Image"],
     on_progress: Optional[ProgressFn],
     cancel: Optional[CancelToken],
+    applied: Any = None,
 ) -> tuple[np.ndarray, dict[str, float], dict[str, Any]]:
     import torch
 
     pipe = loaded.pipe
-    pipe.scheduler = pipelines.make_scheduler(loaded, spec.scheduler)
+    preset = presets.preset_spec(spec.preset or "standard")
+    if loaded.backend == "animatediff" and preset.scheduler:
+        # A distilled motion model runs the scheduler it was distilled with (spec.check refuses any other).
+        pipe.scheduler = presets.make_scheduler(preset, loaded.scheduler_config)
+    else:
+        pipe.scheduler = pipelines.make_scheduler(loaded, spec.scheduler)
     steps = int(spec.steps)
     step_state = {"index": 0}
     step_modules = [pipe.controlnet, pipe.unet] if loaded.backend == "animatediff" else [pipe.transformer]
@@ -154,7 +161,7 @@ def _call_pipeline(
         return {}
 
     common = dict(
-        prompt=spec.prompt,
+        prompt=applied.prompt(spec.prompt) if applied is not None else spec.prompt,
         negative_prompt=spec.negative_prompt or None,
         num_frames=int(spec.frames),
         height=spec.height,
@@ -173,8 +180,14 @@ def _call_pipeline(
         if loaded.backend == "animatediff":
             _set_free_noise(pipe, spec)
             extra["free_noise"] = spec.uses_free_noise
+            ip_kwargs: dict[str, Any] = {}
+            if applied is not None and applied.ip is not None:
+                # diffusers guides (two UNet passes) only above 1: the embeddings carry a negative half exactly then.
+                ip_kwargs = applied.call_kwargs(float(spec.guidance) > 1.0, spec.height, spec.width, pipe.unet.device, pipe.unet.dtype)
+                extra["ip_adapter"] = applied.ip.summary()
             output = pipe(
                 **common,
+                **ip_kwargs,
                 conditioning_frames=control,
                 controlnet_conditioning_scale=float(spec.strength),
                 control_guidance_start=float(spec.structure_start),
@@ -210,6 +223,7 @@ def _call_pipeline(
         timings.update(prepare_s=timer.first_step - start, denoise_s=loop, per_step_s=loop / len(timer.step_ends))
         timings["overhead_s"] = max(0.0, total - loop - sum(timer.seconds.values()))
     extra["scheduler_class"] = type(pipe.scheduler).__name__
+    extra["preset"] = presets.record(preset, spec, pipe.scheduler)
     return frames, timings, extra
 
 
@@ -253,6 +267,9 @@ def generate(
     if not isinstance(depth, DepthVideo):
         raise InputError("depth must be a DepthVideo (from aas_core.depth); make one with: python -m aas_core depth CLIP")
     spec.check()
+    out_root = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
+    # Minutes of denoising must not end in a folder that cannot take them: PNG frames are at most about raw size.
+    check_writable(out_root, need_bytes=int(spec.frames or 1) * spec.width * spec.height * 3)
     started = time.perf_counter()
     runtime = runtime or pick_runtime()
     if cancel is not None:
@@ -267,11 +284,11 @@ def generate(
             report(on_progress, 0.0 if not oom_retries else LOAD_SHARE, f"loading {spec.backend} ({mode})")
             # Compare keys, not objects: holding the old pipeline here would keep it alive while the new one loads.
             before = getattr(pipelines.current(), "key", None)
-            loaded = pipelines.get_pipeline(spec.backend, weights_root, runtime, mode)
+            loaded = pipelines.get_pipeline(spec.backend, weights_root, runtime, mode, presets.motion_for(spec))
             load_s = 0.0 if before == loaded.key else loaded.load_s
             report(on_progress, LOAD_SHARE, "denoising")
-            with _concepts_applied(loaded.pipe, concepts, spec.backend):
-                frames, timings, extra = _call_pipeline(loaded, spec, control, references, on_progress, cancel)
+            with _concepts_applied(loaded.pipe, concepts, spec, weights_root) as applied:
+                frames, timings, extra = _call_pipeline(loaded, spec, control, references, on_progress, cancel, applied)
             break
         except torch.OutOfMemoryError as exc:
             failure = str(exc).splitlines()[0] if str(exc) else "out of memory"
@@ -309,7 +326,6 @@ def generate(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
     }
-    out_root = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
     folder = _run_folder(out_root, spec, json_digest({"spec": spec.to_dict(), "depth": depth_sha}))
     write_start = time.perf_counter()
     timings.update(load_s=load_s)
