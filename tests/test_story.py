@@ -114,3 +114,10 @@ def test_every_problem_is_listed_at_once():
 def test_missing_story_file_says_how_to_make_one(tmp_path):
     with pytest.raises(InputError, match="story new"):
         load_story(tmp_path / "none.yaml")
+
+
+def test_shots_without_ids_are_not_duplicates_but_repeated_ids_are():
+    story = parse_story("shots:\n  - prompt: a\n  - prompt: b\n")
+    assert [shot.prompt for shot in story.shots] == ["a", "b"]
+    with pytest.raises(InputError, match="used twice"):
+        parse_story("shots:\n  - {id: x, prompt: a}\n  - {id: x, prompt: b}\n")

@@ -139,7 +139,7 @@ class Output:
     title_duration: float = Field(default=2.0, gt=0, le=30)
     captions: bool = True
     music: Optional[str] = None
-    """Audio file (path relative to the story file), trimmed to the video and faded out."""
+    """Audio file (path relative to the story file): looped with crossfades when shorter than the video, trimmed and faded out when longer."""
     music_start: float = Field(default=0.0, ge=0)
     music_volume: float = Field(default=1.0, ge=0, le=4)
     music_fade_out: float = Field(default=2.0, ge=0)
@@ -378,7 +378,7 @@ def _check_semantics(story: Story, lines: dict[tuple, int], source: str) -> None
     for i, shot in enumerate(story.shots):
         if shot.id and not SHOT_ID.match(shot.id):
             problems.append((("shots", i, "id"), f"shot id {shot.id!r} must be 1-40 letters, digits, - or _"))
-        if shot.id in seen:
+        if shot.id and shot.id in seen:
             problems.append((("shots", i, "id"), f"shot id {shot.id!r} is used twice; ids must be unique"))
         seen.add(shot.id)
         for token in TOKEN.findall(shot.prompt):
