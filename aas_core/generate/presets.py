@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from aas_core.errors import InputError
+from aas_core.registry import get_spec
 
 if TYPE_CHECKING:
     from aas_core.generate.spec import ShotSpec
@@ -68,13 +69,13 @@ PRESET_TABLE: dict[str, PresetSpec] = {
     "fast": PresetSpec(
         name="fast",
         motion_model="animatediff-lightning",
-        motion_file="animatediff_lightning_{steps}step_diffusers.safetensors",
+        motion_file=get_spec("animatediff-lightning").options["file"],
         # ByteDance's model card: EulerDiscreteScheduler, timestep_spacing "trailing", beta_schedule "linear".
         scheduler="EulerDiscreteScheduler",
         scheduler_config={"timestep_spacing": "trailing", "beta_schedule": "linear"},
         steps=4,
         guidance=1.0,
-        allowed_steps=(1, 2, 4, 8),
+        allowed_steps=tuple(get_spec("animatediff-lightning").options["steps"]),
         description="AnimateDiff-Lightning 4 steps, Euler trailing, no guidance: 4 denoiser passes per shot",
     ),
 }
