@@ -151,9 +151,9 @@ def write_weights(check: Check) -> dict[str, Any]:
     """Random weights in the hub layouts: tiny writers, or the same writers at full size (built on the device)."""
     import torch
 
+    from aas_core.fsutil import atomic_write_json
     from aas_core.registry import get_spec
     from aas_core.weights import TINY_MARKER, write_tiny
-    from aas_core.fsutil import atomic_write_json
 
     names = [*ANIMATEDIFF, VACE, "depth-anything-v2-small", "clip-vit-b-32"]
     written: dict[str, float] = {}

@@ -150,13 +150,13 @@ def test_a_loader_may_ask_for_its_parts():
 
 def test_depth_then_training_then_generation_keep_one_copy_of_sd15(tiny_root, tmp_path):
     """The app's path: depth for a shot, train a character, generate: SD1.5 is resident once, not twice."""
+    from PIL import Image
+
     from aas_core.concepts import train_concept
     from aas_core.concepts.train import TrainSettings
     from aas_core.depth import depth_from_clip
     from aas_core.device import Runtime
     from aas_core.generate import ShotSpec, generate
-    from PIL import Image
-
     from tests.helpers import ensure_tiny, moving_square_frames, write_clip
 
     cpu = Runtime(device="cpu", dtype_name="float32")

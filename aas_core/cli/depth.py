@@ -6,6 +6,7 @@ import argparse
 import inspect
 import time
 from pathlib import Path
+from typing import Any
 
 from aas_core.cli import add_command, given
 from aas_core.depth.clip import FIT_MODES, parse_size
@@ -27,6 +28,10 @@ def _out_dir(args: argparse.Namespace) -> Path:
             raise InputError(f"{out} exists and is not an earlier depth output; choose another --out (nothing was written)")
         return out
     return Path("outputs") / "depth" / f"{Path(args.clip).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _size(args: argparse.Namespace) -> dict[str, Any]:
+    return {"size": parse_size(args.size)} if args.size is not None else {}
 
 
 def _run(args: argparse.Namespace) -> dict:
@@ -52,7 +57,7 @@ def _run(args: argparse.Namespace) -> dict:
             use_cache=not args.no_cache,
             **given(args, frames="frames", speed="speed", fit="fit", estimator="estimator", smoothing="smoothing",
                     normalize_mode="normalize"),
-            **({"size": parse_size(args.size)} if args.size is not None else {}),
+            **_size(args),
         )
     finally:
         close()

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Iterator, Literal, Optional, Sequence
 from aas_core.concepts import ip_adapter
 from aas_core.concepts.store import Concept
 from aas_core.concepts.timeinv import SwapEntry, TokenSwap, buckets_tensor
-from aas_core.registry import BACKEND_MODELS
-from aas_core.tokens import TOKEN
 from aas_core.errors import InputError
 from aas_core.limits import MAX_PROMPT_TI_VECTORS
+from aas_core.registry import BACKEND_MODELS
+from aas_core.tokens import TOKEN
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from aas_core.concepts.ip_adapter import DEFAULT_IP_SCALE, DEFAULT_IP_VARIANT, check_ip_scale, check_variant, encode_photos
 from aas_core.concepts.photos import Photo, augmented_views, captions, load_photos, square_crop
@@ -103,10 +103,11 @@ class SDParts:
     """The Stable Diffusion pieces TimeInv trains against (shared, frozen)."""
 
     base_model: str
-    tokenizer: object
-    text_encoder: object
-    vae: object
-    unet: object
+    # Any: diffusers/transformers modules whose attributes (config, adapters, checkpointing) mypy cannot follow.
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
     scheduler_config: dict
     tiny: bool
     hub_id: str
@@ -143,10 +144,9 @@ def load_parts(base_model: str = DEFAULT_BASE, root: Root = None, runtime: Optio
 
 
 def _load_parts(base_model: str, folder: Path, root: Root, runtime: Runtime) -> SDParts:
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    import torch
 
     from aas_core.registry import get_spec
     from aas_core.weights import file_variant, is_tiny

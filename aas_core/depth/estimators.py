@@ -20,7 +20,7 @@ import numpy as np
 from aas_core import models
 from aas_core.errors import InputError
 from aas_core.registry import get_spec, names_of_kind
-from aas_core.weights import is_tiny, load_error, model_dir, weights_dir
+from aas_core.weights import is_tiny, load_error, model_dir
 
 if TYPE_CHECKING:
     from aas_core.device import Runtime

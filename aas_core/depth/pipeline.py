@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from aas_core.depth.clip import check_size, load_conditioning_clip, resolve_span, FIT_MODES
+from aas_core.depth.clip import FIT_MODES, check_size, load_conditioning_clip, resolve_span
 from aas_core.depth.estimators import DEFAULT_ESTIMATOR, check_estimator, load_estimator, weights_fingerprint
 from aas_core.depth.stabilize import NORMALIZE_MODES, PERCENTILES, flicker, normalize, relative_flicker
 from aas_core.depth.video import META_FILE, DepthVideo

@@ -19,6 +19,7 @@ from aas_core.fsutil import atomic_dir, atomic_write_json, check_writable, json_
 from aas_core.generate import pipelines, presets
 from aas_core.generate.spec import OutOfMemory, ShotResult, ShotSpec
 from aas_core.progress import CancelToken, ProgressFn, report
+from aas_core.sampling import nearest_indices
 from aas_core.video_io import write_video
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def control_frames(depth: DepthVideo, frames: int, size: tuple[int, int]) -> tup
     """Depth resampled to `frames` frames and cover-cropped to `size` (w, h), as RGB images (near = bright)."""
     from PIL import Image, ImageOps
 
-    indices = np.round(np.linspace(0, depth.num_frames - 1, frames)).astype(int).tolist()
+    indices = nearest_indices(depth.num_frames, frames).tolist()
     gray = depth.as_uint8()
     images = [
         ImageOps.fit(Image.fromarray(gray[i]), size, method=Image.Resampling.BICUBIC).convert("RGB")
@@ -114,10 +115,23 @@ def _structure_active(step: int, steps: int, start: float, end: float) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
+def _diffusers_minor() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("diffusers").split(".")[:2] if part.isdigit())
+
+
+_PRIVATE_FREE_NOISE = _diffusers_minor() == (0, 42)
+"""The private FreeNoise helpers below were checked against diffusers 0.42 only (pytest.ini turns their
+deprecation into an error, so a diffusers that renames them fails the tests instead of drifting)."""
+
+
 def _set_free_noise(pipe: Any, spec: ShotSpec) -> None:
     """Turn FreeNoise context windows on for long shots, off otherwise, on the cached AnimateDiff pipeline."""
     if spec.uses_free_noise:
         pipe.enable_free_noise(context_length=spec.context_length, context_stride=spec.context_stride)
+    elif pipe.free_noise_enabled and not _PRIVATE_FREE_NOISE:
+        pipe.disable_free_noise()  # another diffusers: its public call, the private helpers below may be gone
     elif pipe.free_noise_enabled:
         # diffusers 0.42's disable_free_noise() also walks a mid block without motion modules (the v3
         # adapter has none) and crashes; undo the swap block by block as its enable_free_noise() did.

@@ -1,11 +1,10 @@
 """Stories: a project file of shots -> retrieve, depth, generate (cached, resumable) -> one stitched video."""
 
-from aas_core.story.draft import draft_story
-from aas_core.story.planner import PLANNERS, PlanResult, plan_from_text, save_plan
 from aas_core.story.assembly import assemble
+from aas_core.story.draft import draft_story
 from aas_core.story.outcome import SHOT_STATUSES, ShotOutcome, StoryRun, read_run
+from aas_core.story.planner import PLANNERS, PlanResult, plan_from_text, save_plan
 from aas_core.story.runner import ShotPlan, StoryPlan, default_out_dir, execute_plan, plan_story, run_story
-from aas_core.story.shot import ShotRequest, ShotRun, run_shot
 from aas_core.story.schema import (
     MAX_SHOTS,
     SCHEMA_VERSION,
@@ -22,6 +21,7 @@ from aas_core.story.schema import (
     parse_story,
     save_story,
 )
+from aas_core.story.shot import ShotRequest, ShotRun, run_shot
 
 __all__ = [
     "MAX_SHOTS",

@@ -306,7 +306,7 @@ def _auto_clips(
     from aas_core.metrics import clip_text
     from aas_core.story.choose import AutoShot, Need, Span, choose_story_clips
 
-    auto = [AutoShot(Need(s.shot.id, float(s.spec.frames) / float(s.spec.fps), s.spec.width / s.spec.height),
+    auto = [AutoShot(Need(s.shot.id, float(s.spec.frames or 0) / float(s.spec.fps), s.spec.width / s.spec.height),
                      s.shot.query or clip_text(s.shot.prompt)) for s in staged if s.clip == "auto"]
     # Pinned clips keep their footage: no automatic choice may reuse it.
     pinned = [Span(s.clip.path, s.clip.start, s.clip.end, s.shot.id) for s in staged if isinstance(s.clip, ClipRef)]
@@ -319,7 +319,7 @@ def _shot_plan(story: Story, staged: _Staged, clip: ClipRef, retrieval: Optional
     from aas_core.depth.pipeline import source_digest
 
     spec, shot = staged.spec, staged.shot
-    depth = {"estimator": staged.estimator, "frames": int(spec.frames), "size": (spec.width, spec.height), **staged.options}
+    depth = {"estimator": staged.estimator, "frames": int(spec.frames or 0), "size": (spec.width, spec.height), **staged.options}
     concepts = [aliases[name] for name in TOKEN.findall(shot.prompt) if name in aliases]
     key = json_digest({
         "v": CACHE_VERSION,

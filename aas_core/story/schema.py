@@ -18,17 +18,23 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, Validat
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
-from aas_core.tokens import NAME_PATTERN, TOKEN
 from aas_core.depth.clip import FIT_MODES, MAX_SPEED
 from aas_core.depth.pipeline import MAX_SMOOTHING
 from aas_core.depth.stabilize import NORMALIZE_MODES
 from aas_core.errors import InputError
 from aas_core.generate.presets import Preset
 from aas_core.limits import (
-    MAX_CAPTION_CHARS, MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_STORY_BYTES, MAX_STORY_DEPTH,
-    MAX_STORY_NODES, MAX_TITLE_CHARS,
+    MAX_CAPTION_CHARS,
+    MAX_NEGATIVE_PROMPT_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_STORY_BYTES,
+    MAX_STORY_DEPTH,
+    MAX_STORY_NODES,
+    MAX_TITLE_CHARS,
 )
 from aas_core.stitch import Transition
+from aas_core.tokens import NAME_PATTERN, TOKEN
 
 SCHEMA_VERSION = 1
 MAX_SHOTS = 100

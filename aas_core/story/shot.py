@@ -52,7 +52,7 @@ class ShotRequest:
 
     def depth_kwargs(self) -> dict[str, Any]:
         """`depth_from_clip` keyword arguments besides the clip span (frames and size follow the spec)."""
-        return {"estimator": self.estimator, "frames": int(self.spec.frames), "size": (self.spec.width, self.spec.height),
+        return {"estimator": self.estimator, "frames": int(self.spec.frames or 0), "size": (self.spec.width, self.spec.height),
                 **self.depth_options}
 
 
