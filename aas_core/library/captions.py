@@ -119,7 +119,7 @@ def import_captions(source: str | os.PathLike[str], library: Optional[str | os.P
             if batch:
                 flush()
             with _transaction(db.db):
-                db.set_meta("version", int(db.get_meta("version", 0)) + 1)
+                db.bump()
             total = int(db.db.execute("SELECT COUNT(*) FROM captions").fetchone()[0])
         finally:
             db.close()

@@ -152,6 +152,11 @@ class LibraryDB:
         """Store a JSON value in the meta table (inside the caller's transaction, if any)."""
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def bump(self) -> None:
+        """Mark a new searchable state (inside the caller's transaction): readers reload, caches keyed on it expire."""
+        self.set_meta("version", int(self.get_meta("version", 0)) + 1)
+        self.set_meta("updated", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z")
+
     @property
     def stamp(self) -> Optional[ModelStamp]:
         """The embedder these vectors came from (None before the first file)."""
@@ -243,7 +248,7 @@ class LibraryDB:
                 rows = self._add_delta(self._index_rows(), ids_array, vectors.astype(np.float32))
                 self.db.execute("DELETE FROM index_files")
                 self.db.executemany("INSERT INTO index_files(name, role, rows) VALUES (?, ?, ?)", rows)
-            self.set_meta("version", int(self.get_meta("version", 0)) + 1)
+            self.bump()
 
     def add_skip(self, found: FoundFile, reason: str) -> None:
         """Record that a file was skipped and why (retried only if the file changes)."""
@@ -314,7 +319,7 @@ class LibraryDB:
                 self.db.execute("DELETE FROM index_files")
                 self.db.executemany("INSERT INTO index_files(name, role, rows) VALUES (?, ?, ?)", new_files)
             self.db.execute("DELETE FROM pending")
-            self.set_meta("version", int(self.get_meta("version", 0)) + 1)
+            self.bump()
         return self.summary()
 
     def _add_delta(self, index_rows: list[tuple[str, str, int]], ids: np.ndarray, vectors: np.ndarray) -> list[tuple[str, str, int]]:
@@ -364,7 +369,7 @@ class LibraryDB:
                 self.db.execute("DELETE FROM pending")
             self.set_meta("index_type", kind)
             self.set_meta("trained_count", len(live))
-            self.set_meta("version", int(self.get_meta("version", 0)) + 1)
+            self.bump()
         return self.summary()
 
     def remove_leftovers(self) -> None:
@@ -388,7 +393,8 @@ class LibraryDB:
             "files": files,
             "skipped": self.skipped(),
             "roots": self.get_meta("roots", []),
-            "created": self.get_meta("created", ""),
+            # When this searchable state was made (each publish), as the old per-commit manifests had it.
+            "created": self.get_meta("updated") or self.get_meta("created", ""),
             "dead": int(self.get_meta("dead", 0)),
             "captions": int(self.db.execute("SELECT COUNT(*) FROM captions").fetchone()[0]),
         }
