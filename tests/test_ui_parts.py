@@ -255,3 +255,11 @@ def test_tiny_weights_failure_is_reported_then_retried(tmp_path: Path, tiny_root
     config.weights_root = ensure_tiny(tiny_root, *TINY_MODELS)  # shared with the engine tests: usually written already
     config.wait_ready(timeout=300)
     assert config.ready
+
+
+def test_text_limits_come_from_aas_core_limits() -> None:
+    """An over-long prompt typed into a card is refused with the shared limit's message."""
+    from aas_core.limits import MAX_PROMPT_CHARS
+
+    with pytest.raises(InputError, match=f"shot-01 prompt is {MAX_PROMPT_CHARS + 1:,} characters long"):
+        boards.edit(_board(), "shot-01", "prompt", "x" * (MAX_PROMPT_CHARS + 1))

@@ -71,6 +71,7 @@ def build_app(config: Optional[AppConfig] = None) -> gr.Blocks:
 
         demo.load(arrive, None, None, api_name=False, js=TITLE_PROGRESS_JS, queue=False)
         demo.unload(leave)
+    demo.aas_ctx = ctx  # type: ignore[attr-defined]
     demo.aas_config = config  # type: ignore[attr-defined]
     demo.aas_sessions = sessions  # type: ignore[attr-defined]
     return demo
@@ -130,6 +131,8 @@ def launch(config: AppConfig, host: str = "127.0.0.1", port: int = 7860, share: 
                 css=CSS)
     # Only now, so writing tiny models never delays the first page.
     config.prepare_async()
+    if os.environ.get("SPACE_ID") or os.environ.get("AAS_WARM_EXAMPLE"):
+        threading.Thread(target=story.warm_example, args=(demo.aas_ctx,), name="aas-example", daemon=True).start()  # type: ignore[attr-defined]
     try:
         demo.block_thread()
     finally:

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from aas_core.errors import InputError
+from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, check_text
 
 SHOT_FIELDS = ("id", "query", "prompt", "caption", "clip", "seed", "strength")
 EDITABLE = ("query", "prompt", "caption", "clip", "seed", "strength")
+_TEXT_LIMITS = {"prompt": MAX_PROMPT_CHARS, "caption": MAX_CAPTION_CHARS, "query": MAX_QUERY_CHARS}
 APP_STATE_PREFIX = "# animate-a-story app: "
 """First line of a project saved by the app: its extra state (story text, takes, picks) as JSON in a comment,
 so the same file still runs with `python -m aas_core story run`."""
@@ -178,6 +180,8 @@ def edit(board: Any, shot_id: str, field: str, value: Any) -> list[dict[str, Any
         value = _number(value, "seed", card["id"], int)
     elif field == "strength":
         value = _number(value, "strength", card["id"], float)
+    elif field in _TEXT_LIMITS:
+        value = check_text(value, f"{card['id']} {field}", _TEXT_LIMITS[field])
     elif field == "clip":
         value = str(value or "").strip() or "auto"
         parse_clip(value, card["id"])

@@ -224,10 +224,10 @@ def render(ctx: UIContext) -> CharacterParts:
             status = gr.Markdown(elem_id="char-status")
         with gr.Column(min_width=300):
             loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=220)
-            validation = gr.Gallery(label="Validation images", columns=4, height=180, allow_preview=True)
+            validation = gr.Gallery(label="Validation images", columns=4, height=180, allow_preview=True, fit_columns=False)
     gr.Markdown("### Saved characters")
     gallery = gr.Gallery(label="Characters (click one for its settings)", columns=6, height=200, allow_preview=False,
-                         object_fit="contain", elem_id="char-gallery")
+                         object_fit="contain", fit_columns=False, elem_id="char-gallery")
     with gr.Row():
         details = gr.JSON(label="Settings")
         with gr.Column():
@@ -256,7 +256,7 @@ def listen(ctx: UIContext, p: CharacterParts) -> None:
     wire_job(p.train_btn.click, h(train, outputs=5, gpu=True, duration=1200), p.train_inputs,
              [p.status, p.loss_plot, p.validation, p.gallery, ctx.concepts_changed], buttons=[p.train_btn, p.import_btn],
              status=p.status, api_name="train")
-    p.cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
+    p.cancel_btn.click(ctx.cancel, None, None, api_name=False, concurrency_limit=None)
     p.gallery.select(h(show, outputs=2), None, [p.details, p.selected], api_name=False)
     p.delete_btn.click(h(delete, outputs=4), [p.selected], [p.gallery, p.details, p.selected, ctx.concepts_changed], api_name="delete_concept")
     wire_job(p.import_btn.click, h(import_concept, outputs=2, gpu=True, duration=120), p.import_inputs, [p.gallery, ctx.concepts_changed],

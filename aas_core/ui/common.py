@@ -247,13 +247,17 @@ def store_uploads(ctx: UIContext, session: Session, kind: str, upload: Any) -> l
 def run_lock(buttons: Sequence[Any], stop: Any = None) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(lock, unlock) handlers: run buttons greyed out while a job runs; the Stop button shown only then."""
 
+    def one_or_all(updates: list[Any]) -> Any:
+        # gradio takes a bare value for a single output (a 1-tuple would become the button's label).
+        return updates[0] if len(updates) == 1 else tuple(updates)
+
     def lock():
-        updates = [gr.update(interactive=False) for _ in buttons]
-        return (*updates, gr.update(visible=True)) if stop is not None else tuple(updates)
+        extra = [gr.update(visible=True)] if stop is not None else []
+        return one_or_all([gr.update(interactive=False) for _ in buttons] + extra)
 
     def unlock():
-        updates = [gr.update(interactive=True) for _ in buttons]
-        return (*updates, gr.update(visible=False)) if stop is not None else tuple(updates)
+        extra = [gr.update(visible=False)] if stop is not None else []
+        return one_or_all([gr.update(interactive=True) for _ in buttons] + extra)
 
     return lock, unlock
 

@@ -13,6 +13,7 @@ import numpy as np
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.errors import InputError
 from aas_core.generate import BACKENDS
+from aas_core.limits import MAX_PROMPT_CHARS
 from aas_core.ui.common import GENERATION_MODELS, UIContext, missing_weights, progress_fn, wire_job
 
 MAX_VARIANTS = 4
@@ -204,7 +205,8 @@ def render(ctx: UIContext) -> CompareParts:
     with gr.Row():
         with gr.Column(min_width=320):
             source = gr.Markdown("No clip picked yet.", elem_id="compare-source")
-            prompt = gr.Textbox(label="Prompt (use <name> for a character)", value="a big rabbit in a sunny meadow", elem_id="compare-prompt")
+            prompt = gr.Textbox(label="Prompt (use <name> for a character)", value="a big rabbit in a sunny meadow", elem_id="compare-prompt",
+                                max_length=MAX_PROMPT_CHARS)
             concept = gr.Dropdown([], label="Character (for settings with 'character' ticked)", allow_custom_value=True)
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0, min_width=70)
@@ -217,9 +219,8 @@ def render(ctx: UIContext) -> CompareParts:
             rows, slots = [], []
             for i in range(MAX_VARIANTS):
                 with gr.Row(visible=i < 2, elem_id=f"compare-setting-{i + 1}") as row:
-                    gr.Markdown(f"**{i + 1}**", min_height=0)
                     cells = [
-                        gr.Dropdown(list(BACKENDS), value=BACKENDS[0], label="backend", min_width=110),
+                        gr.Dropdown(list(BACKENDS), value=BACKENDS[0], label=f"{i + 1} · backend", min_width=110),
                         gr.Dropdown([0.2, 0.3, 0.5, 0.65, 0.8, 1.0], value=(0.8, 0.3, 0.5, 1.0)[i], label="strength",
                                     allow_custom_value=True, min_width=80),
                         gr.Checkbox(False, label="character", min_width=80),
@@ -253,6 +254,6 @@ def listen(ctx: UIContext, p: CompareParts) -> None:
              status=p.note, api_name="compare")
     for trigger in [p.count, *p.slots]:
         trigger.change(h(variants_json, outputs=1), [p.count, *p.slots], p.variants, api_name=False, queue=False)
-    p.cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
+    p.cancel_btn.click(ctx.cancel, None, None, api_name=False, concurrency_limit=None)
     ctx.concepts_changed.change(h(refresh_concepts, outputs=1), None, p.concept, api_name=False)
     ctx.loaders.append((h(refresh_concepts, outputs=1), [p.concept]))

@@ -123,4 +123,4 @@ def listen(ctx: UIContext, p: DepthParts) -> None:
     ctx.selected_clip.change(ctx.handler(show_clip, outputs=3), ctx.selected_clip, [p.source, p.start, p.end], api_name=False)
     wire_job(p.run_btn.click, ctx.handler(extract, outputs=4, gpu=True, duration=300), [ctx.selected_clip, p.upload, *p.inputs],
              [p.side, p.sheet, p.figures, ctx.depth_ref], buttons=[p.run_btn], status=p.figures, api_name="depth")
-    p.cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
+    p.cancel_btn.click(ctx.cancel, None, None, api_name=False, concurrency_limit=None)

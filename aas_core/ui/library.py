@@ -11,6 +11,7 @@ import gradio as gr
 
 from aas_core.errors import InputError
 from aas_core.library import CLIP_MODELS
+from aas_core.limits import MAX_QUERY_CHARS
 from aas_core.registry import DEFAULT_CLIP
 from aas_core.ui.common import VIDEO_TYPES, UIContext, missing_weights, progress_fn, search_library, store_uploads, wire_job
 from aas_core.ui.samples import CREDIT, sample_clips
@@ -164,7 +165,8 @@ def render(ctx: UIContext) -> LibraryParts:
             summary = gr.Markdown(elem_id="library-summary")
         with gr.Column(min_width=300):
             gr.Markdown("### Search")
-            query = gr.Textbox(label="What happens in the shot", placeholder="a man walks a dog in a park", elem_id="library-query")
+            query = gr.Textbox(label="What happens in the shot", placeholder="a man walks a dog in a park", elem_id="library-query",
+                               max_length=MAX_QUERY_CHARS)
             gr.Examples(EXAMPLE_QUERIES, inputs=query, label="Try")
             image = gr.Image(label="…or an example image", type="filepath", height=160, elem_id="library-image")
             with gr.Row():
@@ -172,7 +174,7 @@ def render(ctx: UIContext) -> LibraryParts:
                 min_duration = gr.Number(0.0, label="Shortest shot (s)", minimum=0)
             search_btn = gr.Button("Search", variant="primary", elem_id="library-search")
     gallery = gr.Gallery(label="Hits (click one to play it and use it in the next tabs)", columns=6, height=220,
-                         allow_preview=False, object_fit="contain", elem_id="library-hits")
+                         allow_preview=False, object_fit="contain", fit_columns=False, elem_id="library-hits")
     with gr.Row():
         player = gr.Video(label="Shot", autoplay=True, height=260, elem_id="library-player", min_width=240)
         with gr.Column(min_width=240):
@@ -191,7 +193,7 @@ def listen(ctx: UIContext, p: LibraryParts) -> None:
              buttons=run_buttons, status=p.summary, api_name="index_clips")
     wire_job(p.samples_btn.click, h(add_samples, outputs=1, gpu=True, duration=300), [p.model], [p.summary],
              buttons=run_buttons, status=p.summary, api_name="index_samples")
-    p.cancel_btn.click(ctx.cancel, None, None, queue=False, api_name=False)
+    p.cancel_btn.click(ctx.cancel, None, None, api_name=False, concurrency_limit=None)
     outputs = [p.hits, p.gallery, p.table, p.player, p.chosen, ctx.selected_clip]
     wire_job(p.search_btn.click, h(search, outputs=6, gpu=True, duration=60), [p.query, p.image, p.k, p.min_duration], outputs,
              buttons=[p.search_btn], status=p.table, api_name="search")

@@ -17,6 +17,7 @@ import gradio as gr
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.errors import InputError
 from aas_core.generate import BACKENDS
+from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_TITLE_CHARS
 from aas_core.stitch import TRANSITIONS
 from aas_core.ui import board as boards
 from aas_core.ui.board import StorySettings
@@ -34,6 +35,8 @@ EXAMPLE_TEXT = (
 EXAMPLE_STORIES = [[EXAMPLE_TITLE, EXAMPLE_TEXT],
                    ["Morning", "A boy walks to school. A dog runs after him. They reach the gate together."]]
 RUN_FOLDER = "story"
+MAX_STORY_TEXT_CHARS = 100 * (MAX_PROMPT_CHARS + MAX_CAPTION_CHARS + MAX_QUERY_CHARS)
+"""The story text drafts at most MAX_SHOTS (100) shots of query | prompt | caption."""
 SETTING_NAMES = ("backend", "width", "height", "frames", "steps", "estimator", "transition", "transition_s", "captions", "title_card")
 
 
@@ -377,30 +380,65 @@ def stitch(ctx: UIContext, title: str, board: Any, settings: Any, request: gr.Re
     return run.video, run.storyboard, files, status_markdown(run, ctx.config.tiny, board)
 
 
-def run_example(ctx: UIContext, request: gr.Request, progress=gr.Progress()):
-    """The example story end to end on the sample clips: draft, generate every shot, stitch (cached per model set)."""
-    session = ctx.session(request)
-    settings = StorySettings.tiny() if ctx.config.tiny else StorySettings()
+def example_board() -> list[dict[str, Any]]:
+    """The example story's cards, each on one of the sample clips."""
     from aas_core.story import draft_story
 
     board = boards.board_from_story(draft_story(EXAMPLE_TEXT, title=EXAMPLE_TITLE))
     for card, name in zip(board, SAMPLE_CLIPS):
         card["clip"] = name
-    cached = example_cache(ctx) / "story.mp4"
+    return board
+
+
+def make_example(ctx: UIContext, session: Any, progress: Any) -> tuple[list[dict[str, Any]], Any]:
+    """Generate and stitch the example story in `session`; its video and storyboard are kept for later visitors."""
+    settings = StorySettings.tiny() if ctx.config.tiny else StorySettings()
+    board = example_board()
     story = boards.story_from_board(EXAMPLE_TITLE, board, settings, _resolver(ctx, session))
-    if cached.is_file():
-        gr.Info("The example was made before: here is its result. Generate shots to make your own takes.")
-        target = session.outputs / "example"
-        target.mkdir(parents=True, exist_ok=True)
-        video = shutil.copy2(cached, target / "story.mp4")
-        return EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), video, None, [video], "Cached example result."
     run = _run(ctx, session, story, None, progress, "example story")
     board = _record_takes(ctx, session, board, run, settings, [c["id"] for c in board])
     if run.video:
-        example_cache(ctx).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run.video, cached)
+        cache = example_cache(ctx)
+        cache.mkdir(parents=True, exist_ok=True)
+        for made in (run.video, run.storyboard):
+            if made:
+                shutil.copy2(made, cache / Path(made).name)
+    return board, run
+
+
+def run_example(ctx: UIContext, request: gr.Request, progress=gr.Progress()):
+    """The example story end to end on the sample clips: draft, generate every shot, stitch (cached for later visitors)."""
+    session = ctx.session(request)
+    cache = example_cache(ctx)
+    if (cache / "story.mp4").is_file():
+        gr.Info("Here is the example's result, made before. Generate its shots to make your own takes.")
+        target = session.outputs / "example"
+        target.mkdir(parents=True, exist_ok=True)
+        copies = [shutil.copy2(cache / name, target / name) for name in ("story.mp4", "storyboard.png") if (cache / name).is_file()]
+        board = example_board()
+        return (EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), copies[0], copies[1] if len(copies) > 1 else None,
+                copies, "The example's stitched result (made once, kept for every visitor).")
+    board, run = make_example(ctx, session, progress)
     files = [p for p in (run.video, run.storyboard, run.report_html) if p and Path(p).is_file()]
-    return EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), run.video, run.storyboard, files, status_markdown(run, ctx.config.tiny, board)
+    return (EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), run.video, run.storyboard, files,
+            status_markdown(run, ctx.config.tiny, board))
+
+
+def warm_example(ctx: UIContext) -> None:
+    """Make the example once in the background (on a Space), so the first visitor sees a finished video at once."""
+    if (example_cache(ctx) / "story.mp4").is_file():
+        return
+    session = ctx.sessions.get("example-warmup")
+    try:
+        ctx.config.wait_ready()
+        make_example(ctx, session, lambda *args, **kwargs: None)
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the first visitor waits for the real run
+        import logging
+
+        logging.getLogger("aas_core.ui").exception("could not make the example story in advance")
+    finally:
+        session.end_job()
+        ctx.sessions.close("example-warmup")
 
 
 def example_cache(ctx: UIContext) -> Path:
@@ -447,9 +485,9 @@ def render(ctx: UIContext) -> StoryParts:
     ctx.refreshers.append((notice, lambda: missing_weights(config, [*GENERATION_MODELS, DEFAULT_ESTIMATOR])))
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
-            title = gr.Textbox(label="Title", elem_id="story-title")
+            title = gr.Textbox(label="Title", elem_id="story-title", max_length=MAX_TITLE_CHARS)
             text = gr.Textbox(label="Story: one shot per line or sentence; `query | prompt | caption` to set each part",
-                              lines=4, elem_id="story-text")
+                              lines=4, elem_id="story-text", max_length=MAX_STORY_TEXT_CHARS)
             gr.Examples(EXAMPLE_STORIES, inputs=[title, text], label="Example stories")
             with gr.Row():
                 draft_btn = gr.Button("Draft shot list", elem_id="story-draft")
@@ -490,7 +528,7 @@ def render(ctx: UIContext) -> StoryParts:
         depth_btn = gr.Button("Use Motion Structure settings", size="sm", elem_id="story-use-depth")
     hits = gr.State([])
     candidates = gr.Gallery(label="Candidates for this shot (click one to use it)", columns=6, height=150, allow_preview=False,
-                            object_fit="contain", elem_id="story-candidates")
+                            object_fit="contain", fit_columns=False, elem_id="story-candidates")
     with gr.Row():
         gen_btn = gr.Button("Generate this shot", variant="primary", elem_id="story-generate", min_width=140)
         take_btn = gr.Button("New take (next seed)", elem_id="story-new-take", min_width=140)
@@ -540,19 +578,19 @@ def cards(ctx: UIContext, parts: StoryParts, board: Any, request: gr.Request) ->
                 latest = _safe(ctx, session, take["video"]) if take else None
                 gr.Video(latest, label="picked take", height=120, min_width=150, autoplay=False, loop=True, interactive=False,
                          visible=latest is not None, key=f"take-{sid}-{card['pick']}-{len(card['takes'])}")
-            prompt = gr.Textbox(card["prompt"], label="prompt", lines=2, key=f"prompt-{sid}", elem_classes=["card-prompt"])
+            prompt = gr.Textbox(card["prompt"], label="prompt", lines=2, key=f"prompt-{sid}", interactive=True, max_length=MAX_PROMPT_CHARS, elem_classes=["card-prompt"])
             with gr.Row():
-                caption = gr.Textbox(card["caption"], label="caption", min_width=140, key=f"caption-{sid}")
-                query = gr.Textbox(card["query"], label="search query", min_width=140, key=f"query-{sid}")
+                caption = gr.Textbox(card["caption"], label="caption", min_width=140, key=f"caption-{sid}", interactive=True, max_length=MAX_CAPTION_CHARS)
+                query = gr.Textbox(card["query"], label="search query", min_width=140, key=f"query-{sid}", interactive=True, max_length=MAX_QUERY_CHARS)
             with gr.Row():
-                clip = gr.Textbox(card["clip"], label="clip (auto, a file name, or name@start-end)", min_width=180, key=f"clip-{sid}")
-                seed_box = gr.Number(card["seed"], label="seed", precision=0, min_width=80, key=f"seed-{sid}")
-                strength = gr.Number(card["strength"], label="strength", min_width=80, key=f"strength-{sid}")
+                clip = gr.Textbox(card["clip"], label="clip (auto, a file name, or name@start-end)", min_width=180, key=f"clip-{sid}", interactive=True)
+                seed_box = gr.Number(card["seed"], label="seed", precision=0, min_width=80, key=f"seed-{sid}", interactive=True)
+                strength = gr.Number(card["strength"], label="strength", min_width=80, key=f"strength-{sid}", interactive=True)
             if card["takes"]:
                 items = [(_safe(ctx, session, t.get("thumb")) or _safe(ctx, session, t["video"]), f"take {i + 1} · seed {t.get('seed')}")
                          for i, t in enumerate(card["takes"])]
                 gallery = gr.Gallery([i for i in items if i[0]], label=f"takes ({len(card['takes'])}), take {card['pick'] + 1} is stitched; "
-                                     "click another to use it", columns=6, height=110, allow_preview=False, object_fit="contain",
+                                     "click another to use it", columns=6, height=110, allow_preview=False, object_fit="contain", fit_columns=False,
                                      elem_classes=["card-takes"], key=f"takes-{sid}-{len(card['takes'])}")
                 gallery.select(h(_pick_for(sid), outputs=3), parts.board, [parts.board, parts.outputs["shot_video"], parts.outputs["comparison"]],
                                api_name=False, queue=False)
@@ -662,4 +700,4 @@ def listen(ctx: UIContext, parts: StoryParts) -> None:
              [parts.title, parts.text, parts.board, parts.version, parts.shot_pick, o["final"], o["storyboard"], o["downloads"], parts.status],
              api_name="run_example", **common)
     for button in (b["stop"], b["cancel"]):
-        button.click(ctx.cancel, None, None, queue=False, api_name=False)
+        button.click(ctx.cancel, None, None, api_name=False, concurrency_limit=None)
