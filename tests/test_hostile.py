@@ -701,3 +701,15 @@ def test_cli_story_run_into_a_read_only_folder_is_one_json_error(story_env, tmp_
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 2 and out["error_type"] == "StorageError" and out["errno"] == "EROFS"
     assert f"cannot write to {ro}" in out["error"]
+
+
+def test_cli_story_new_from_an_over_long_text_names_the_fields(tmp_path, capsys, monkeypatch):
+    import io
+
+    from aas_core.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("word " * 1000))
+    code = main(["story", "new", "-", "--out", str(tmp_path / "s.yaml"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 2 and out["ok"] is False and "prompt: String should have at most 2000 characters" in out["error"]
+    assert "pydantic.dev" not in out["error"] and not (tmp_path / "s.yaml").exists()
