@@ -140,3 +140,26 @@ def test_zoe_stand_in_carries_the_real_extra_keys_and_loads_strictly(tiny_root, 
 def test_leres_is_only_its_depth_network():
     spec = get_spec("leres")
     assert spec.files == ("res101.pth",) and 500 <= spec.size_mb <= 560
+
+
+def _commands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _commands(sub)
+    yield parser
+
+
+def test_one_weights_flag_name_and_no_cli_defaults_shadowing_the_engines():
+    from aas_core.cli import build_parser, given
+
+    parsers = list(_commands(build_parser()))
+    flags = {option for p in parsers for a in p._actions for option in a.option_strings}
+    assert "--dir" not in flags and "--weights" in flags
+    args = build_parser().parse_args(["depth", "clip.mp4"])
+    assert args.frames is None and args.estimator is None and args.size is None
+    assert given(args, frames="frames", speed="speed") == {}
+    args = build_parser().parse_args(["depth", "clip.mp4", "--frames", "8"])
+    assert given(args, frames="frames", speed="speed") == {"frames": 8}
