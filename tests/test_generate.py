@@ -181,8 +181,8 @@ def _oom_on_load(monkeypatch, failing_modes: set[str]) -> list[str]:
     real_load = pipelines.load_pipeline
     seen: list[str] = []
 
-    def load(backend, weights_root, runtime, memory_mode):
-        loaded = real_load(backend, weights_root, runtime, memory_mode)
+    def load(backend, weights_root, runtime, memory_mode, motion=None):
+        loaded = real_load(backend, weights_root, runtime, memory_mode, motion)
         seen.append(memory_mode)
         if memory_mode in failing_modes:
 
