@@ -27,7 +27,7 @@ class ModelSpec:
     loader: str
     """What loads it (a human-readable note shown by `weights list`)."""
     tiny_writer: str
-    """`module:function` that writes a tiny random-weight copy in the real layout: fn(dir: Path) -> None."""
+    """`module:function` writing a tiny random-weight copy in the real layout: fn(folder: Path, spec: ModelSpec) -> None."""
     revision: str = "main"
     """Hub commit the files are fetched at: a 40-hex commit id, or "main" where none was found (UNPINNED)."""
     description: str = ""

@@ -6,7 +6,7 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -79,17 +79,12 @@ def depth_from_clip(
     """
     from aas_core.device import pick_runtime
 
-    check_estimator(estimator)
-    width, height = check_size(size)
-    if fit not in FIT_MODES:
-        raise InputError(f"fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
-    if not 0 <= smoothing <= MAX_SMOOTHING:
-        raise InputError(f"smoothing is a temporal sigma in frames between 0 and {MAX_SMOOTHING:g}, got {smoothing}")
-    if normalize_mode not in NORMALIZE_MODES:
-        raise InputError(f"normalize_mode must be one of {', '.join(NORMALIZE_MODES)}, got {normalize_mode!r}")
+    # 1. Check the settings (and that the estimator's weights are there) before touching the clip.
+    width, height = _check(estimator, size, fit, smoothing, normalize_mode)
     runtime = runtime or pick_runtime()
     fingerprint = weights_fingerprint(estimator, weights_root)  # fails fast, naming the download command
 
+    # 2. The cache key: source content + span + every setting that changes the result + the weights.
     report(on_progress, 0.0, "reading the clip")
     info = probe(path)
     span = resolve_span(info, start, end)
@@ -108,37 +103,22 @@ def depth_from_clip(
     key = json_digest(
         {"v": CACHE_VERSION, "source": digest, "span": span, "settings": settings, "weights": fingerprint}
     )
-    entry = Path(cache_dir) if cache_dir is not None else default_cache_dir(weights_root)
-    entry = entry / key
-    if use_cache and (entry / META_FILE).is_file():
-        try:
-            cached = DepthVideo.load(entry)
-        except InputError:
-            pass  # a damaged entry is simply recomputed and replaced below
-        else:
-            cached.source = str(path)
-            cached.stats["cache_hit"] = True
-            report(on_progress, 1.0, "depth from cache")
-            return cached
+    entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir(weights_root)) / key
+    cached = _cached(entry, path, on_progress) if use_cache else None
+    if cached is not None:
+        return cached
 
+    # 3. Decode the conditioning frames and estimate raw nearness in batches.
     began = time.perf_counter()
     clip = load_conditioning_clip(path, span[0], span[1], frames, (width, height), speed, fit)
     decoded_s = time.perf_counter() - began
     report(on_progress, 0.15, f"decoded {len(clip.rgb)} frames; loading {estimator}")
-    model = load_estimator(estimator, weights_root, runtime)
-    batch = batch_size or model.default_batch
-    raw_batches = []
-    for i in range(0, len(clip.rgb), batch):
-        if cancel is not None:
-            cancel.check()
-        raw_batches.append(model.predict_batch(clip.rgb[i : i + batch]))
-        done = min(i + batch, len(clip.rgb))
-        report(on_progress, 0.15 + 0.8 * done / len(clip.rgb), f"depth {done}/{len(clip.rgb)} frames")
-    raw = np.concatenate(raw_batches)
+    raw = _estimate(clip.rgb, load_estimator(estimator, weights_root, runtime), batch_size, on_progress, cancel)
+
+    # 4. One stable scale for the whole clip; stored as float16 on disk, so round now and a cache hit
+    #    returns exactly what a fresh run does.
     mask = clip.content_mask() if fit == "pad" else None
-    depth = normalize(raw, normalize_mode, smoothing, mask)
-    # Stored as float16 on disk: round now so a cache hit returns exactly what a fresh run does.
-    depth = depth.astype(np.float16).astype(np.float32)
+    depth = normalize(raw, normalize_mode, smoothing, mask).astype(np.float16).astype(np.float32)
     baseline = normalize(raw, "per-frame", 0.0, mask)
     result = DepthVideo(
         frames=depth,
@@ -164,8 +144,50 @@ def depth_from_clip(
         },
         warnings=list(clip.warnings),
     )
+    # 5. Keep it (atomically: a killed run leaves no half entry).
     if use_cache:
         with atomic_dir(entry, overwrite=True) as tmp:
             result.save(tmp)
     report(on_progress, 1.0, "depth ready")
     return result
+
+
+def _check(estimator: str, size: tuple[int, int], fit: str, smoothing: float, normalize_mode: str) -> tuple[int, int]:
+    """(width, height) once every setting is valid; an InputError naming the allowed values otherwise."""
+    check_estimator(estimator)
+    width, height = check_size(size)
+    if fit not in FIT_MODES:
+        raise InputError(f"fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
+    if not 0 <= smoothing <= MAX_SMOOTHING:
+        raise InputError(f"smoothing is a temporal sigma in frames between 0 and {MAX_SMOOTHING:g}, got {smoothing}")
+    if normalize_mode not in NORMALIZE_MODES:
+        raise InputError(f"normalize_mode must be one of {', '.join(NORMALIZE_MODES)}, got {normalize_mode!r}")
+    return width, height
+
+
+def _cached(entry: Path, path: str | os.PathLike[str], on_progress: Optional[ProgressFn]) -> Optional[DepthVideo]:
+    """The cache entry's DepthVideo, or None (missing, or damaged: then it is recomputed and replaced)."""
+    if not (entry / META_FILE).is_file():
+        return None
+    try:
+        cached = DepthVideo.load(entry)
+    except InputError:
+        return None
+    cached.source = str(path)
+    cached.stats["cache_hit"] = True
+    report(on_progress, 1.0, "depth from cache")
+    return cached
+
+
+def _estimate(rgb: np.ndarray, model: Any, batch_size: Optional[int], on_progress: Optional[ProgressFn],
+              cancel: Optional[CancelToken]) -> np.ndarray:
+    """Raw nearness of every frame, batch by batch (cancellable between batches)."""
+    batch = batch_size or model.default_batch
+    raw_batches = []
+    for i in range(0, len(rgb), batch):
+        if cancel is not None:
+            cancel.check()
+        raw_batches.append(model.predict_batch(rgb[i : i + batch]))
+        done = min(i + batch, len(rgb))
+        report(on_progress, 0.15 + 0.8 * done / len(rgb), f"depth {done}/{len(rgb)} frames")
+    return np.concatenate(raw_batches)
