@@ -74,7 +74,7 @@ def _instant(args: argparse.Namespace) -> dict:
         )
     notes = [str(w.message) for w in caught]
     text = [f"warning: {n}" for n in notes] + [
-        f"made {concept.token} from {len(concept.photos)} photos (IP-Adapter {concept.ip_variant}, scale {concept.ip_scale}) "
+        f"made {concept.token} from {len(concept.photos)} photo{'' if len(concept.photos) == 1 else 's'} (IP-Adapter {concept.ip_variant}, scale {concept.ip_scale}) "
         f"in {concept.folder}: no training",
         f"use it by writing {concept.token} in a shot prompt, e.g. \"{concept.token} walks along the beach\"",
     ]
@@ -87,9 +87,10 @@ def _list(args: argparse.Namespace) -> dict:
     from aas_core.concepts import concepts_dir, list_concepts
 
     concepts = list_concepts(args.weights)
-    lines = [f"{'token':<24} {'class':<12} {'K x n':<7} {'lora':<5} {'source':<14} base"]
+    lines = [f"{'token':<24} {'class':<12} {'method':<11} {'K x n':<7} {'lora':<5} {'source':<14} base"]
     for c in concepts:
-        lines.append(f"{c.token:<24} {c.class_word:<12} {f'{c.buckets}x{c.vectors}':<7} {'yes' if c.lora else '-':<5} "
+        vectors = f"{c.buckets}x{c.vectors}" if c.has_table else "-"
+        lines.append(f"{c.token:<24} {c.class_word:<12} {c.method:<11} {vectors:<7} {'yes' if c.lora else '-':<5} "
                      f"{c.source:<14} {c.base_model}{' (tiny)' if c.tiny else ''}")
     if not concepts:
         lines = [f"no concepts yet in {concepts_dir(args.weights)}; make one with: python -m aas_core concept train --name NAME --class-word WORD PHOTOS..."]
