@@ -199,6 +199,10 @@ def test_cli_index_search_info_list_json(tmp_path, weights, capsys):
     assert json.loads(capsys.readouterr().out)["files"] == 2
     assert main(["library", "list", *common]) == 0
     assert len(json.loads(capsys.readouterr().out)["shots"]) == 2
+    assert main(["library", "compact", "--memory-budget", "1GB", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["index_type"] == "exact"
+    assert main(["library", "compact", "--memory-budget", "lots", *common]) != 0
+    assert "not a size" in json.loads(capsys.readouterr().out)["error"]
 
 
 # --- retrieval quality: a tiny CLIP trained here must rank the right clip first ---------------------
