@@ -15,7 +15,7 @@ from aas_core.concepts.store import (
     load_concept,
 )
 from aas_core.concepts.timeinv import bucket_of, concept_names_in, token_for
-from aas_core.concepts.train import TrainResult, TrainSettings, TimeInvTrainer, load_parts, train_concept
+from aas_core.concepts.train import TimeInvTrainer, TrainResult, TrainSettings, load_parts, train_concept
 
 
 def load_concepts(names: list[str], root=None, base_model: str | None = None) -> list[Concept]:

@@ -3,6 +3,8 @@
 Importing this package is cheap; torch and diffusers load on the first `generate` call.
 """
 
+from aas_core.generate.presets import PRESETS, Preset, default_preset, estimate_gpu_seconds
+from aas_core.generate.run import generate
 from aas_core.generate.spec import (
     BACKENDS,
     MEMORY_MODES,
@@ -14,8 +16,6 @@ from aas_core.generate.spec import (
     ShotResult,
     ShotSpec,
 )
-from aas_core.generate.presets import PRESETS, Preset, default_preset, estimate_gpu_seconds
-from aas_core.generate.run import generate
 
 __all__ = [
     "BACKENDS",
