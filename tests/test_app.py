@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from aas_core.ui.characters import INSTANT, TRAINED
 from tests.helpers import moving_square_frames, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +129,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     clip = write_clip(folder / "square.mp4", moving_square_frames("yellow", "down", frames=24, size=(96, 64)))
     photos = []
     for i in range(3):
-        img = Image.new("RGB", (96, 96), (200, 180 + 20 * i, 150))
-        ImageDraw.Draw(img).ellipse((20 + 4 * i, 20, 76 + 4 * i, 80), fill=(60, 40, 30))
+        # 128 px: the instant (IP-Adapter) method needs a shorter side of at least 112 px.
+        img = Image.new("RGB", (128, 128), (200, 180 + 20 * i, 150))
+        ImageDraw.Draw(img).ellipse((26 + 5 * i, 26, 100 + 5 * i, 106), fill=(60, 40, 30))
         img.save(folder / f"photo{i}.png")
         photos.append(folder / f"photo{i}.png")
     return {"clip": clip, "photos": photos}
@@ -180,7 +182,11 @@ def test_every_named_endpoint(server: Server, media: dict[str, Path]) -> None:
                                      "depth-anything-v2-small", 0.5, api_name="/depth")
     assert video(side).stat().st_size > 0 and Path(sheet).is_file() and "Flicker" in figures
 
-    trained = c.predict([handle_file(str(p)) for p in media["photos"]], "hero", "boy", 3, 3, False, False, api_name="/train")
+    trained = c.predict([handle_file(str(p)) for p in media["photos"]], "hero", "boy", 3, 3, False, False, TRAINED, api_name="/train")
+    assert "Saved" in trained[0] and "after 3 steps" in trained[0]
+    instant = c.predict([handle_file(str(p)) for p in media["photos"]], "kid", "boy", 3, 3, False, False, INSTANT, api_name="/train")
+    assert "ready at once" in instant[0] and {"<hero>", "<kid>"} <= {g["caption"].split(" ")[0] for g in instant[3]}
+    c.predict("kid", api_name="/delete_concept")
     assert "Saved **`<hero>`**" in trained[0] and trained[3] and "<hero>" in trained[3][0]["caption"]
 
     board, _, _ = c.predict("a rabbit comes out | <hero> climbs out of a burrow | Out\na rabbit yawns | a rabbit yawns | Yawn",
@@ -245,7 +251,7 @@ def test_errors_reach_the_user_without_commands_or_paths(server: Server) -> None
     for args, api, pattern in [
         (("a dog", None, 4, 0), "/search", "your clip library is empty"),
         ((None, "/etc", "clip-vit-b-32"), "/index_clips", "off in this shared app"),
-        (([], "x", "cat", 2, 0, False, False), "/train", "3 to 20 photos"),
+        (([], "x", "cat", 2, 0, False, False, INSTANT), "/train", "3 to 20 photos"),
         ((None, 0, None, 1.0, "crop", 64, 64, 8, "depth-anything-v2-small", 0.5), "/depth", "no clip yet"),
         (("T", [{"id": "s1", "prompt": " "}, {"id": "s2", "prompt": ""}], SETTINGS), "/generate_all", "write a prompt for s1, s2"),
     ]:
@@ -261,7 +267,7 @@ def test_two_sessions_do_not_see_each_other(server: Server, media: dict[str, Pat
 
     a, b = client(server), client(server)
     assert "Indexed **1**" in a.predict([handle_file(str(media["clip"]))], "", "clip-vit-b-32", api_name="/index_clips")
-    a.predict([handle_file(str(p)) for p in media["photos"]], "secret", "cat", 1, 0, False, False, api_name="/train")
+    a.predict([handle_file(str(p)) for p in media["photos"]], "secret", "cat", 1, 0, False, False, INSTANT, api_name="/train")
     with pytest.raises(AppError, match="index|library"):
         b.predict("a square", None, 4, 0, api_name="/search")
     with pytest.raises(AppError, match="no concept named 'secret'|secret"):

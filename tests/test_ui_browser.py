@@ -109,6 +109,7 @@ def test_story_workflow_in_a_real_browser(server: Server, media: dict[str, Path]
         page.get_by_role("tab", name="3. Characters").click()
         page.locator("#char-sample").click()
         expect(page.locator("#char-name input, #char-name textarea").first).to_have_value("bunny")
+        page.get_by_label("Train for best identity (TimeInv, slower)").check()
         fill("char-steps", "3")
         page.locator("#char-train").click()
         expect(page.locator("#char-status")).to_contain_text("Saved")

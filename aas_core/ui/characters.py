@@ -19,6 +19,9 @@ BASE_MODEL = "sd15"
 LOSS_IN_MESSAGE = re.compile(r"step (\d+)/\d+ loss ([-+0-9.eE]+)")
 """train_concept reports 'step N/M loss X'; the UI plots what it reports."""
 IMPORT_KINDS = ("textual inversion", "LoRA")
+INSTANT, TRAINED = "Use instantly (IP-Adapter, seconds)", "Train for best identity (TimeInv, slower)"
+METHODS = {INSTANT: "ip-adapter", TRAINED: "timeinv"}
+"""The character methods offered, label -> `aas_core.concepts` method."""
 
 
 def concept_gallery(root: Path, placeholder: str) -> list[tuple[str, str]]:
@@ -74,8 +77,8 @@ def refresh(ctx: UIContext, request: gr.Request):
 
 
 def train(ctx: UIContext, files: Any, concept: str, word: str, n_steps: float, every: float, with_lora: bool, overwrite: bool,
-          request: gr.Request, progress=gr.Progress()):
-    """Train a character; the loss plot and validation images update while it runs."""
+          how: str, request: gr.Request, progress=gr.Progress()):
+    """Make a character: instantly from the photos (IP-Adapter), or trained (loss plot and validation images live)."""
     import pandas as pd
 
     from aas_core.concepts import TrainSettings, train_concept
@@ -88,6 +91,16 @@ def train(ctx: UIContext, files: Any, concept: str, word: str, n_steps: float, e
         raise InputError(f"give {config.min_photos} to {config.max_photos} photos of the character ({len(paths)} given)")
     concept = _check_name(ctx, session, concept, overwrite)
     photos = [str(p) for p in store_uploads(ctx, session, "photos", files)]
+    if METHODS.get(how, "timeinv") == "ip-adapter":
+        from aas_core.concepts.ip_adapter import make_ip_concept
+
+        progress(0.1, desc=f"encoding the photos of <{concept}>")
+        made = make_ip_concept(concept, word or "", photos, root=session.weights_root, overwrite=bool(overwrite))
+        text = f"Saved **`<{made.name}>`** ({made.class_word}) from {len(photos)} photos, ready at once. Use `<{made.name}>` in prompts."
+        if made.tiny:
+            text += " *(tiny random model: a workflow preview)*"
+        yield text, gr.skip(), gr.skip(), concept_gallery(session.weights_root, _placeholder(session)), time.time()
+        return
     tiny_extra = {"resolution": 64, "batch_size": 1, "validation_inference_steps": 2} if config.tiny else {}
     settings = TrainSettings(steps=int(n_steps), validate_every=int(every), lora=bool(with_lora), **tiny_extra)
     token = session.new_job("train", config.job_time_limit_s)
@@ -212,6 +225,7 @@ def render(ctx: UIContext) -> CharacterParts:
             with gr.Row():
                 name = gr.Textbox(label="Name (prompt token <name>)", placeholder="alice", elem_id="char-name", min_width=120)
                 class_word = gr.Textbox(label="Class word", placeholder="woman, cat, robot…", elem_id="char-class", min_width=120)
+            how = gr.Radio(list(METHODS), value=INSTANT, label="How", elem_id="char-how")
             with gr.Row():
                 steps = gr.Number(4 if config.tiny else 1500, label="Steps", precision=0, minimum=1, elem_id="char-steps", min_width=80)
                 validate_every = gr.Number(2 if config.tiny else 250, label="Validation image every N steps", precision=0, minimum=0, min_width=120)
@@ -244,7 +258,7 @@ def render(ctx: UIContext) -> CharacterParts:
                 import_overwrite = gr.Checkbox(False, label="Overwrite an existing character")
                 import_btn = gr.Button("Import")
     gr.Markdown(CREDIT, elem_classes=["credit"])
-    return CharacterParts(photos, sample_btn, name, class_word, [photos, name, class_word, steps, validate_every, lora, overwrite],
+    return CharacterParts(photos, sample_btn, name, class_word, [photos, name, class_word, steps, validate_every, lora, overwrite, how],
                           train_btn, cancel_btn, status, loss_plot, validation, gallery, details, selected, delete_btn,
                           [import_file, import_kind, import_name, import_class, import_trigger, import_overwrite], import_btn)
 

@@ -18,6 +18,7 @@ TINY_MODELS: tuple[str, ...] = (
     "animatediff-motion-adapter-v1-5-3",
     "controlnet-depth-sd15",
     "wan2.1-vace-1.3b",
+    "ip-adapter-sd15",
 )
 """What the --tiny preview writes: one CLIP, the default depth estimator and both generation backends."""
 
