@@ -432,7 +432,7 @@ class LibraryDB:
             keep = ids[0] >= 0
             return scores[0][keep], ids[0][keep]
         kind = self.get_meta("index_type")
-        fetch = k if kind == "ivf-flat" else max(REFINE_MIN, REFINE_FACTOR * k)
+        fetch = k if kind == "ivf-flat" else max(REFINE_MIN, REFINE_FACTOR[kind] * k)
         scores, ids = ivf_search(self._base, self._deltas, query, fetch)
         if kind == "ivf-flat":
             keep = ids[0] >= 0
