@@ -94,10 +94,9 @@ def variants_of(rows: Any) -> list[tuple[str, float, bool, str]]:
 def compare(ctx: UIContext, clip: Optional[dict], ref: Optional[dict], text: str, name: Optional[str], seed_value: float, count: float,
             size: float, n_steps: float, settings: Any, request: gr.Request, progress=gr.Progress()):
     """Generate the clip under each setting; one labelled grid video and a metrics row per setting."""
-    from aas_core.concepts import load_concept
-    from aas_core.depth import depth_from_clip, load_estimator
-    from aas_core.generate import ShotSpec, generate
-    from aas_core.metrics import shot_metrics
+    from aas_core.fsutil import json_digest
+    from aas_core.generate import ShotSpec
+    from aas_core.story import ClipRef, ShotRequest, run_shot
     from aas_core.video_io import write_video
 
     config = ctx.config
@@ -109,35 +108,29 @@ def compare(ctx: UIContext, clip: Optional[dict], ref: Optional[dict], text: str
     report = progress_fn(progress, f"compare {len(variants)} settings")
     outs, table_rows, labels, started, spec = [], [], [], time.perf_counter(), None
     for k, (backend, strength, with_concept, estimator) in enumerate(variants):
-        began = time.perf_counter()
-
-        def share(f: float, m: str, k: int = k) -> None:
-            report((k + f) / len(variants), f"setting {k + 1} of {len(variants)}: {m}")
-
         concepts, shot_prompt = [], text
         if with_concept:
             if not name:
                 raise InputError(f"setting {k + 1} uses a character: train or import one in Characters and pick it above")
-            concepts = [load_concept(name, session.weights_root)]
+            concepts = [name]
             shot_prompt = text if f"<{name}>" in text else f"<{name}> {text}"
         spec = ShotSpec(prompt=shot_prompt, backend=backend, strength=strength, frames=int(count), width=int(size), height=int(size),
                         steps=int(n_steps), seed=int(seed_value))
-        depth = depth_from_clip(path, start=source["start"], end=source["end"], frames=int(count), size=(int(size), int(size)),
-                                estimator=estimator, weights_root=config.weights_root, cache_dir=session.depth_cache,
-                                on_progress=lambda f, m: share(0.2 * f, m), cancel=token)
-        result = generate(spec, depth, concepts=concepts, on_progress=lambda f, m: share(0.2 + 0.7 * f, m), cancel=token,
-                          weights_root=config.weights_root, out_dir=session.outputs / "compare")
-        share(0.9, "metrics")
-        photos = [np.asarray(img) for c in concepts for img in c.reference_images()]
-        metrics = shot_metrics(result.frames, shot_prompt, condition_depth=depth.frames,
-                               depth_estimate=load_estimator(depth.estimator, config.weights_root).predict,
-                               depth_model=depth.estimator, concept_photos=photos, weights_root=config.weights_root)
-        outs.append(result.frames)
+        shot = ShotRequest(spec=spec, clip=ClipRef(path=str(path), start=float(source["start"]), end=source["end"]),
+                           estimator=estimator, concepts=concepts)
+        # One folder per exact setting: comparing again (or adding a setting) reuses the finished ones.
+        folder = session.outputs / "compare" / json_digest({"spec": spec.to_dict(), "clip": [str(path), source["start"], source["end"]],
+                                                           "estimator": estimator, "concepts": concepts})[:24]
+        made = run_shot(shot, folder, weights_root=session.weights_root, depth_cache=session.depth_cache,
+                        on_progress=lambda f, m, k=k: report((k + f) / len(variants), f"setting {k + 1} of {len(variants)}: {m}"),
+                        cancel=token)
+        outs.append(made.load_frames())
         label = panel_label(k, backend, strength, with_concept, estimator)
         labels.append(label)
-        fmt = lambda v: "-" if v is None else round(float(v), 3)  # noqa: E731
-        table_rows.append([k + 1, fmt(metrics.clip_text_similarity), fmt(metrics.frame_consistency), fmt(metrics.depth_adherence),
-                           fmt(metrics.character_identity), round(time.perf_counter() - began, 1),
+        metrics = made.metrics or {}
+        fmt = lambda v: "-" if not isinstance(v, (int, float)) else round(float(v), 3)  # noqa: E731
+        table_rows.append([k + 1, fmt(metrics.get("clip_text_similarity")), fmt(metrics.get("frame_consistency")),
+                           fmt(metrics.get("depth_adherence")), fmt(metrics.get("character_identity")), round(made.seconds, 1),
                            f"{backend}, strength {strength:g}, character {'yes' if with_concept else 'no'}, {estimator}"])
     size_hw = outs[0].shape[1:3]
     if any(o.shape[1:3] != size_hw for o in outs):
