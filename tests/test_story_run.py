@@ -208,7 +208,6 @@ shots:
   - {{id: a, prompt: "<ghost> walks", clip: {folder / 'clips' / 'red.mp4'}}}
   - {{id: b, prompt: x, clip: missing.mp4}}
   - {{id: c, prompt: y, generate: {{width: 100}}, clip: {folder / 'clips' / 'red.mp4'}}}
-  - {{id: d, prompt: z, depth: {{options: {{blur: 3}}}}, clip: {folder / 'clips' / 'red.mp4'}}}
   - {{id: e, prompt: w, generate: {{options: {{colour: red}}}}, clip: {folder / 'clips' / 'red.mp4'}}}
 """
     )
@@ -218,8 +217,14 @@ shots:
     assert "character ghost: no concept named 'ghost'" in message
     assert "shot 2 (b)" in message and "missing.mp4 does not exist" in message
     assert "shot 3 (c): width 100 is not a multiple of 8" in message
-    assert "shot 4 (d): unknown depth option(s) blur" in message
-    assert "shot 5 (e): generate.options" in message and "colour" in message
+    assert "shot 4 (e): generate.options" in message and "colour" in message
+    assert not (tmp_path / "out" / "shots").exists()
+
+    # Unknown depth options are refused when the file is read, with their line.
+    blurred = tmp_path / "blur.yaml"
+    blurred.write_text("shots:\n  - {id: d, prompt: z, depth: {options: {blur: 3}}, clip: red.mp4}\n")
+    with pytest.raises(InputError, match=r"line 2: shots\[0\]\.depth\.options\.blur: unknown field"):
+        run(env, blurred, tmp_path / "out")
     assert not (tmp_path / "out" / "shots").exists()
 
     nothing = tmp_path / "nothing.yaml"

@@ -86,7 +86,7 @@ def _reader_thread(files: list[FoundFile], settings: ReaderSettings, out: "queue
                     shot.thumbnail = None
                     _put(out, ("shot", found, (shot, jpeg)), stop)
                 _put(out, ("done", found, info), stop)
-            except Exception as exc:  # third-party decoders raise anything (AssertionError from PySceneDetect)
+            except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything (AssertionError from PySceneDetect)
                 _put(out, ("error", found, failure_reason(exc)), stop)
     finally:
         _put(out, (_END, None, None), stop)
@@ -111,7 +111,7 @@ def _next_item(q: "queue.Queue", reader: threading.Thread, cancel: Optional[Canc
             return q.get(timeout=0.1)
         except queue.Empty:
             if not reader.is_alive() and q.empty():
-                raise AASError("the reader stage stopped unexpectedly; finished files were kept, run the same command again")
+                raise AASError("the reader stage stopped unexpectedly; finished files were kept, run the same command again") from None
 
 
 @dataclass

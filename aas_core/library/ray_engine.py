@@ -14,7 +14,7 @@ import numpy as np
 
 from aas_core.device import Runtime
 from aas_core.errors import InputError
-from aas_core.library.indexer import NO_SHOT, EMBED_BATCH, Sink, encode_jpeg, failure_reason, file_info, mean_unit, shot_row
+from aas_core.library.indexer import EMBED_BATCH, NO_SHOT, Sink, encode_jpeg, failure_reason, file_info, mean_unit, shot_row
 from aas_core.library.reader import FoundFile, ReaderSettings, iter_shots
 from aas_core.progress import CancelToken, ProgressFn, report
 
@@ -36,7 +36,7 @@ def read_file(row: dict[str, Any], settings: ReaderSettings, files: list[FoundFi
                    "side": crops.shape[1], "meta": json.dumps(shot_row(shot, info)), "jpeg": encode_jpeg(shot.thumbnail)}
             count += 1
         closing = {"kind": "done", "meta": json.dumps(file_info(info))}
-    except Exception as exc:  # any failure is this file's skip, as in process
+    except Exception as exc:  # noqa: BLE001 - any failure is this file's skip, as in process
         closing = {"kind": "error", "meta": json.dumps(failure_reason(exc))}
     yield {"file": index, "order": count, "crops": b"", "n": 0, "side": 0, "jpeg": b"", **closing}
 

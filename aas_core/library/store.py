@@ -416,7 +416,7 @@ class LibraryDB:
                 index_rows = self._index_rows()
             finally:
                 self.db.execute("COMMIT")
-            loaded = {getattr(s, "path").name: s for s in self._segments}
+            loaded = {s.path.name: s for s in self._segments}
             self._segments = [loaded.get(f"{n}.npy") or VectorSegment.open(self.folder / "vectors" / f"{n}.npy") for n in segment_names]
             base = next((n for n, role, _ in index_rows if role == "base"), None)
             self._base = load_index(self.folder / "index" / base) if base else None

@@ -122,7 +122,8 @@ def compare(ctx: UIContext, clip: Optional[dict], ref: Optional[dict], text: str
         folder = session.outputs / "compare" / json_digest({"spec": spec.to_dict(), "clip": [str(path), source["start"], source["end"]],
                                                            "estimator": estimator, "concepts": concepts})[:24]
         made = run_shot(shot, folder, weights_root=session.weights_root, depth_cache=session.depth_cache,
-                        on_progress=lambda f, m, k=k: report((k + f) / len(variants), f"setting {k + 1} of {len(variants)}: {m}"),
+                        on_progress=lambda f, m, k=k: report(  # type: ignore[misc]
+                            (k + f) / len(variants), f"setting {k + 1} of {len(variants)}: {m}"),
                         cancel=token)
         outs.append(made.load_frames())
         label = panel_label(k, backend, strength, with_concept, estimator)

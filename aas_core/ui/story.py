@@ -22,7 +22,15 @@ from aas_core.stitch import TRANSITIONS
 from aas_core.ui import board as boards
 from aas_core.ui.board import StorySettings
 from aas_core.ui.common import (
-    AUDIO_TYPES, GENERATION_MODELS, UIContext, files_of, missing_weights, progress_fn, search_library, store_uploads, wire_job,
+    AUDIO_TYPES,
+    GENERATION_MODELS,
+    UIContext,
+    files_of,
+    missing_weights,
+    progress_fn,
+    search_library,
+    store_uploads,
+    wire_job,
 )
 from aas_core.ui.samples import CREDIT, SAMPLE_CLIPS
 
@@ -71,7 +79,7 @@ def status_markdown(run: Any, tiny: bool, board: Optional[list[dict[str, Any]]] 
     for s in run.shots:
         m = s.metrics or {}
 
-        def fmt(key: str) -> str:
+        def fmt(key: str, m: dict = m) -> str:
             value = m.get(key)
             return "-" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
