@@ -263,3 +263,36 @@ def test_text_limits_come_from_aas_core_limits() -> None:
 
     with pytest.raises(InputError, match=f"shot-01 prompt is {MAX_PROMPT_CHARS + 1:,} characters long"):
         boards.edit(_board(), "shot-01", "prompt", "x" * (MAX_PROMPT_CHARS + 1))
+
+
+def test_plan_with_ai_falls_back_to_sentences_with_a_warning(tmp_path: Path) -> None:
+    """Plan with AI without a usable model (here: not downloaded, as in --tiny; the random tiny Qwen takes a minute to
+    fail the same way in tests/test_planner.py) -> one shot per sentence on the board, the warning shown."""
+    from aas_core.ui import story
+    from aas_core.ui.common import UIContext
+
+    config = AppConfig(weights_root=tmp_path / "weights", cache_dir=tmp_path)
+    ctx = UIContext(config=config, sessions=Sessions(config), selected_clip=None, depth_ref=None, concepts_changed=None)
+    seen: list[str] = []
+    text = "A fox runs through snow. It stops at a river. It looks back."
+    with pytest.warns(UserWarning, match="no usable plan"):
+        board, version, _, status = story.plan(ctx, text, "Fox", None, None, progress=lambda f, desc="": seen.append(desc))
+    assert [c["prompt"] for c in board] == [s.prompt for s in boards.story_from_board("Fox", board, boards.StorySettings(), str).shots]
+    assert len(board) == 3 and "fox runs through snow" in board[0]["prompt"].lower() and version > 0
+    assert status.startswith("Planned 3 shot(s) with the sentences planner.") and "no usable plan" in status
+    assert seen and all(d.startswith("Planning") for d in seen)
+    with pytest.raises(InputError, match="empty"):
+        story.plan(ctx, "  ", "", None, None, progress=lambda f, desc="": None)
+
+
+def test_speed_preset_setting_reaches_every_shot_and_each_take() -> None:
+    """The Story settings' preset (default: default_preset()) becomes the story's generate preset and is kept per take."""
+    from aas_core.generate import PRESETS, default_preset
+
+    assert boards.StorySettings().preset == default_preset() and "fast" in PRESETS
+    settings = boards.StorySettings.parse({"preset": "fast"})
+    assert boards.story_from_board("t", _board(), settings, str).defaults.generate.preset == "fast"
+    take = boards.take_of(_board()[0], settings, type("Outcome", (), {"video": "v.mp4", "comparison": None, "seed": 1})(), str, None)
+    assert take["settings"]["preset"] == "fast"
+    with pytest.raises(ValueError, match="preset"):
+        boards.story_from_board("t", _board(), boards.StorySettings.parse({"preset": "turbo"}), str)

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from aas_core.errors import InputError
+from aas_core.generate.presets import default_preset
 from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, check_text
 
 SHOT_FIELDS = ("id", "query", "prompt", "caption", "clip", "seed", "strength")
 EDITABLE = ("query", "prompt", "caption", "clip", "seed", "strength")
 _TEXT_LIMITS = {"prompt": MAX_PROMPT_CHARS, "caption": MAX_CAPTION_CHARS, "query": MAX_QUERY_CHARS}
+TAKE_SETTINGS = ("backend", "width", "height", "frames", "steps", "preset")
+"""The story-wide settings a take records (a picked take is remade with exactly these)."""
 APP_STATE_PREFIX = "# animate-a-story app: "
 """First line of a project saved by the app: its extra state (story text, takes, picks) as JSON in a comment,
 so the same file still runs with `python -m aas_core story run`."""
@@ -42,6 +45,8 @@ class StorySettings:
     transition_s: float = 0.5
     captions: bool = True
     title_card: bool = True
+    preset: str = dataclasses.field(default_factory=default_preset)
+    """Speed preset of every shot (aas_core.generate.PRESETS)."""
     music: Optional[str] = None
     """Visitor name of the music file, or None."""
 
@@ -286,7 +291,7 @@ def story_from_board(title: str, board: Any, settings: StorySettings, resolve: C
         strength = _number(source.get("strength"), "strength", card["id"], float)
         generate = None
         if strength is not None or overrides:
-            generate = GenerateSettings(strength=strength, **{k: v for k, v in overrides.items() if k in ("backend", "width", "height", "frames", "steps")})
+            generate = GenerateSettings(strength=strength, **{k: v for k, v in overrides.items() if k in TAKE_SETTINGS})
         depth = source.get("depth")
         shots.append(Shot(
             id=card["id"], query=str(card.get("query") or ""), prompt=str(source["prompt"]), caption=str(card.get("caption") or ""),
@@ -302,7 +307,7 @@ def story_from_board(title: str, board: Any, settings: StorySettings, resolve: C
         characters=[Character(name=n) for n in names],
         defaults=Defaults(
             generate=GenerateSettings(backend=settings.backend, width=settings.width, height=settings.height,
-                                      frames=settings.frames, steps=settings.steps),
+                                      frames=settings.frames, steps=settings.steps, preset=settings.preset),  # type: ignore[arg-type]
             depth=DepthSettings(estimator=settings.estimator), transition=settings.transition,  # type: ignore[arg-type]
             transition_duration=float(settings.transition_s),
         ),
@@ -317,8 +322,7 @@ def take_of(card: dict[str, Any], settings: StorySettings, outcome: Any, show: C
         "video": show(outcome.video), "comparison": show(outcome.comparison) if outcome.comparison else None, "thumb": thumb,
         "seed": outcome.seed if getattr(outcome, "seed", None) is not None else card.get("seed"),
         "strength": card.get("strength"), "prompt": card["prompt"], "clip": card["clip"], "depth": card.get("depth"),
-        "settings": {"backend": settings.backend, "width": settings.width, "height": settings.height,
-                     "frames": settings.frames, "steps": settings.steps},
+        "settings": {k: getattr(settings, k) for k in TAKE_SETTINGS},
     }
 
 

@@ -16,9 +16,10 @@ import gradio as gr
 
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.errors import InputError
-from aas_core.generate import BACKENDS
+from aas_core.generate import BACKENDS, PRESETS
 from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_TITLE_CHARS
 from aas_core.stitch import TRANSITIONS
+from aas_core.story.schema import MAX_SHOTS
 from aas_core.ui import board as boards
 from aas_core.ui.board import StorySettings
 from aas_core.ui.common import (
@@ -45,7 +46,7 @@ EXAMPLE_STORIES = [[EXAMPLE_TITLE, EXAMPLE_TEXT],
 RUN_FOLDER = "story"
 MAX_STORY_TEXT_CHARS = 100 * (MAX_PROMPT_CHARS + MAX_CAPTION_CHARS + MAX_QUERY_CHARS)
 """The story text drafts at most MAX_SHOTS (100) shots of query | prompt | caption."""
-SETTING_NAMES = ("backend", "width", "height", "frames", "steps", "estimator", "transition", "transition_s", "captions", "title_card")
+SETTING_NAMES = ("backend", "preset", "width", "height", "frames", "steps", "estimator", "transition", "transition_s", "captions", "title_card")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class StoryParts:
     project_in: Any = None
     project_out: Any = None
     status: Any = None
+    plan_shots: Any = None
 
 
 # ---- pure helpers -------------------------------------------------------------------------------------------------
@@ -160,12 +162,32 @@ def _take_videos(ctx: UIContext, session: Any, card: dict[str, Any]) -> tuple[An
 
 # ---- handlers (module level; ctx first) -----------------------------------------------------------------------------
 
+def _fresh_board(story: Any) -> tuple[list[dict[str, Any]], float, Any]:
+    """A drafted or planned Story -> (board, version, shot choices): what loads a new storyboard."""
+    board = boards.board_from_story(story)
+    return board, time.time(), _choices(board)
+
+
 def draft(ctx: UIContext, text: str, title: str, request: gr.Request):
     """Story text -> a fresh storyboard."""
     from aas_core.story import draft_story
 
-    board = boards.board_from_story(draft_story(text or "", title=title or ""))
-    return board, time.time(), _choices(board)
+    return _fresh_board(draft_story(text or "", title=title or ""))
+
+
+def plan(ctx: UIContext, text: str, title: str, shots: Any, request: gr.Request, progress=gr.Progress()):
+    """Story text -> a storyboard planned by the language model (one shot per sentence, with a warning, if it fails)."""
+    from aas_core.story import plan_from_text
+
+    session = ctx.session(request)
+    result = plan_from_text(text or "", planner="llm", shots=int(shots) if shots else None, title=title or "",
+                            weights_root=session.weights_root, on_progress=progress_fn(progress, "Planning"),
+                            cancel=session.new_job("plan", ctx.config.job_time_limit_s))
+    warnings = [ctx.message(w) for w in result.warnings]
+    for warning in warnings:
+        gr.Warning(warning)
+    line = f"Planned {len(result.story.shots)} shot(s) with the {result.used} planner."
+    return (*_fresh_board(result.story), "\n\n".join([line, *(f"⚠ {w}" for w in warnings)]))
 
 
 def settings_of(ctx: UIContext, current: Any, *values: Any) -> dict[str, Any]:
@@ -275,7 +297,7 @@ def load_project(ctx: UIContext, file: Any, request: gr.Request):
         card["thumb"] = saved.get("thumb")
     settings = StorySettings.parse({k: v for k, v in (state.get("settings") or {}).items() if k != "music"})
     settings.backend = story.defaults.generate.backend or settings.backend
-    for key in ("width", "height", "frames", "steps"):
+    for key in ("width", "height", "frames", "steps", "preset"):
         value = getattr(story.defaults.generate, key)
         if value is not None:
             setattr(settings, key, value)
@@ -499,11 +521,16 @@ def render(ctx: UIContext) -> StoryParts:
             gr.Examples(EXAMPLE_STORIES, inputs=[title, text], label="Example stories")
             with gr.Row():
                 draft_btn = gr.Button("Draft shot list", elem_id="story-draft")
+                plan_btn = gr.Button("Plan with AI", elem_id="story-plan")
+                plan_shots = gr.Number(None, label="Shots (blank: the planner decides)", precision=0, minimum=1,
+                                       maximum=MAX_SHOTS, elem_id="story-plan-shots")
                 example_btn = gr.Button("▶ Run the example story (one click)", elem_id="story-example")
         with gr.Column(scale=1, min_width=280):
             with gr.Accordion("Settings", open=False, elem_id="story-settings"):
                 controls = {
                     "backend": gr.Dropdown(list(BACKENDS), value=defaults.backend, label="Backend", elem_id="story-backend"),
+                    "preset": gr.Dropdown(list(PRESETS), value=defaults.preset, label="Speed preset (fast: few-step motion model)",
+                                          elem_id="story-preset"),
                     "width": gr.Number(defaults.width, label="Width", precision=0, minimum=16),
                     "height": gr.Number(defaults.height, label="Height", precision=0, minimum=16),
                     "frames": gr.Number(defaults.frames, label="Frames", precision=0, minimum=1, elem_id="story-frames"),
@@ -554,8 +581,9 @@ def render(ctx: UIContext) -> StoryParts:
         downloads = gr.File(label="Downloads (video, storyboard, report)", file_count="multiple", interactive=False, min_width=200)
     gr.Markdown(CREDIT, elem_classes=["credit"])
     parts = StoryParts(title=title, text=text, board=board, version=version, settings=settings, controls=controls, music=music,
-                       shot_pick=shot_pick, candidates=candidates, hits=hits, project_in=project_in, project_out=project_out, status=status)
-    parts.buttons = {"draft": draft_btn, "example": example_btn, "save": save_btn, "add": add_btn, "find": find_btn, "use": use_btn,
+                       shot_pick=shot_pick, candidates=candidates, hits=hits, project_in=project_in, project_out=project_out, status=status,
+                       plan_shots=plan_shots)
+    parts.buttons = {"draft": draft_btn, "plan": plan_btn, "example": example_btn, "save": save_btn, "add": add_btn, "find": find_btn, "use": use_btn,
                      "depth": depth_btn, "generate": gen_btn, "take": take_btn, "all": all_btn, "stitch": stitch_btn,
                      "stop": stop_btn, "cancel": cancel_btn}
     parts.outputs = {"shot_video": shot_video, "comparison": comparison, "final": final, "storyboard": storyboard,
@@ -676,13 +704,16 @@ def _pick_for(sid: str):
 def listen(ctx: UIContext, parts: StoryParts) -> None:
     """Wire the tab's events."""
     h, b, o = ctx.handler, parts.buttons, parts.outputs
-    run_buttons = [b["generate"], b["take"], b["all"], b["stitch"], b["example"], b["draft"]]
+    run_buttons = [b["generate"], b["take"], b["all"], b["stitch"], b["example"], b["draft"], b["plan"]]
     control_list = [parts.controls[n] for n in SETTING_NAMES]
 
     for control in control_list:
         control.change(h(settings_of, outputs=1), [parts.settings, *control_list], parts.settings, api_name=False, queue=False)
     parts.music.change(h(attach_music, outputs=1), [parts.music, parts.settings], parts.settings, api_name=False)
     b["draft"].click(h(draft, outputs=3), [parts.text, parts.title], [parts.board, parts.version, parts.shot_pick], api_name="draft")
+    wire_job(b["plan"].click, h(plan, outputs=4, gpu=True, duration=300), [parts.text, parts.title, parts.plan_shots],
+             [parts.board, parts.version, parts.shot_pick, parts.status], buttons=run_buttons, stop=b["stop"], status=parts.status,
+             api_name="plan")
     parts.project_in.upload(h(load_project, outputs=7 + len(SETTING_NAMES)), parts.project_in,
                             [parts.title, parts.text, parts.board, parts.version, parts.settings, parts.shot_pick, parts.music, *control_list],
                             api_name="load_project")
