@@ -296,3 +296,22 @@ def test_speed_preset_setting_reaches_every_shot_and_each_take() -> None:
     assert take["settings"]["preset"] == "fast"
     with pytest.raises(ValueError, match="preset"):
         boards.story_from_board("t", _board(), boards.StorySettings.parse({"preset": "turbo"}), str)
+
+
+def test_hits_show_motion_and_caption_and_galleries_skip_remote_hits() -> None:
+    """Library/story hits: motion class, amount and caption in the label and table; a hit without a thumbnail (a remote
+    caption hit) stays in the table but not in the gallery, so a gallery click still picks the hit it shows."""
+    from aas_core.ui.common import hit_details, with_thumbnails
+    from aas_core.ui.library import hit_label, hits_markdown
+
+    local = {"rank": 1, "score": 0.5, "start": 0.0, "end": 2.0, "path": "/x/dog.mp4", "thumbnail": "/x/t.jpg",
+             "motion_class": "high", "motion": 0.734, "caption": "a dog | runs " + "far " * 40}
+    remote = {"rank": 2, "score": 0.4, "start": 0.0, "end": 3.0, "path": "https://e.org/cat.mp4", "thumbnail": "",
+              "motion_class": "", "motion": 0.0, "caption": "a cat sleeps"}
+    plain = {**local, "motion_class": "", "caption": ""}
+    assert hit_label(local).startswith("#1 · score 0.500") and "high motion 0.73" in hit_label(local) and "a dog" in hit_label(local)
+    assert len(hit_details(local).split("“")[1]) == 81 and hit_details(local).endswith("…”") and hit_details(plain) == ""
+    assert hit_label(plain).endswith("dog.mp4")
+    table = hits_markdown([local, remote])
+    assert "| motion, caption |" in table and "“a cat sleeps”" in table and "a dog / runs" in table
+    assert with_thumbnails([local, remote, plain]) == [local, plain]

@@ -291,6 +291,22 @@ TITLE_PROGRESS_JS = """
 """Shows the running job's progress in the browser tab title (visible from another tab)."""
 
 
+def hit_details(hit: dict[str, Any], caption_chars: int = 80) -> str:
+    """A search hit's motion class and amount and its caption (shortened), '' when the library has neither."""
+    parts = []
+    if hit.get("motion_class"):
+        parts.append(f"{hit['motion_class']} motion {float(hit.get('motion') or 0.0):.2f}")
+    caption = str(hit.get("caption") or "")
+    if caption:
+        parts.append(f"“{caption if len(caption) <= caption_chars else caption[:caption_chars - 1] + '…'}”")
+    return " · ".join(parts)
+
+
+def with_thumbnails(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hits a gallery can show (remote caption hits have no thumbnail); the gallery's click index points into these."""
+    return [h for h in hits if h.get("thumbnail")]
+
+
 def search_library(ctx: UIContext, session: Session, query: Optional[str], **options: Any) -> list[Any]:
     """`library.search` in the visitor's library; an empty library gets a message that points at the Clip Library tab."""
     from aas_core import library

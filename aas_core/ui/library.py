@@ -13,23 +13,36 @@ from aas_core.errors import InputError
 from aas_core.library import CLIP_MODELS
 from aas_core.limits import MAX_QUERY_CHARS
 from aas_core.registry import DEFAULT_CLIP
-from aas_core.ui.common import VIDEO_TYPES, UIContext, missing_weights, progress_fn, search_library, store_uploads, wire_job
+from aas_core.ui.common import (
+    VIDEO_TYPES,
+    UIContext,
+    hit_details,
+    missing_weights,
+    progress_fn,
+    search_library,
+    store_uploads,
+    wire_job,
+    with_thumbnails,
+)
 from aas_core.ui.samples import CREDIT, sample_clips
 
 EXAMPLE_QUERIES = ["a rabbit comes out of its burrow", "a big rabbit stretches", "a rabbit yawns"]
 
 
 def hit_label(hit: dict[str, Any]) -> str:
-    """Gallery caption of a search hit: rank, score, span, file name."""
-    return f"#{hit['rank']} · score {hit['score']:.3f} · {hit['start']:.1f}–{hit['end']:.1f} s · {Path(hit['path']).name}"
+    """Gallery caption of a search hit: rank, score, span, file name; motion and caption when known."""
+    details = hit_details(hit)
+    return (f"#{hit['rank']} · score {hit['score']:.3f} · {hit['start']:.1f}–{hit['end']:.1f} s · {Path(hit['path']).name}"
+            + (f" · {details}" if details else ""))
 
 
 def hits_markdown(hits: list[dict[str, Any]], note: str = "") -> str:
-    """The hits as a table: rank, score, span, file name."""
+    """The hits as a table: rank, score, span, file name, motion and caption."""
     if not hits:
         return (note + "\n\n" if note else "") + "No shot matched; index more clips or lower the shortest-shot limit."
-    rows = [f"| {h['rank']} | {h['score']:.3f} | {h['start']:.2f}–{h['end']:.2f} s | {Path(h['path']).name} |" for h in hits]
-    return (note + "\n\n" if note else "") + "| # | score | span | clip |\n|---|---|---|---|\n" + "\n".join(rows)
+    rows = [f"| {h['rank']} | {h['score']:.3f} | {h['start']:.2f}–{h['end']:.2f} s | {Path(h['path']).name} | "
+            f"{hit_details(h).replace('|', '/')} |" for h in hits]
+    return (note + "\n\n" if note else "") + "| # | score | span | clip | motion, caption |\n|---|---|---|---|---|\n" + "\n".join(rows)
 
 
 def summary_markdown(summary: Any) -> str:
@@ -109,7 +122,8 @@ def search(ctx: UIContext, text: str, image_path: Optional[str], count: float, s
     hits = search_library(ctx, session, text if not image_path else None, k=int(count), image=image_path,
                           min_duration=float(shortest or 0.0))
     found = [h.to_dict() for h in hits]
-    return found, [(h["thumbnail"], hit_label(h)) for h in found], hits_markdown(found, note), None, "No clip selected yet.", None
+    shown = with_thumbnails(found)
+    return shown, [(h["thumbnail"], hit_label(h)) for h in shown], hits_markdown(found, note), None, "No clip selected yet.", None
 
 
 def pick(ctx: UIContext, hits: list[dict[str, Any]], request: gr.Request, evt: gr.SelectData):

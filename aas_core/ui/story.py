@@ -27,11 +27,13 @@ from aas_core.ui.common import (
     GENERATION_MODELS,
     UIContext,
     files_of,
+    hit_details,
     missing_weights,
     progress_fn,
     search_library,
     store_uploads,
     wire_job,
+    with_thumbnails,
 )
 from aas_core.ui.samples import CREDIT, SAMPLE_CLIPS
 
@@ -330,9 +332,10 @@ def find_clips(ctx: UIContext, board: Any, shot_id: str, request: gr.Request):
     if not query.strip():
         raise InputError(f"{card['id']} has no query or prompt to search with; write one first")
     session = ctx.session(request)
-    hits = [h.to_dict() for h in search_library(ctx, session, query, k=6)]
+    hits = with_thumbnails([h.to_dict() for h in search_library(ctx, session, query, k=6)])
     shown = [{"name": ctx.show(session, h["path"]), "start": h["start"], "end": h["end"], "thumbnail": h["thumbnail"],
-              "label": f"#{h['rank']} · {h['score']:.3f} · {h['start']:.1f}-{h['end']:.1f} s · {Path(h['path']).name}"} for h in hits]
+              "label": " · ".join(p for p in (f"#{h['rank']} · {h['score']:.3f} · {h['start']:.1f}-{h['end']:.1f} s · {Path(h['path']).name}",
+                                              hit_details(h)) if p)} for h in hits]
     if not shown:
         gr.Info(f"No clip matched {query!r}; index more clips in Clip Library")
     return shown, [(h["thumbnail"], h["label"]) for h in shown]
