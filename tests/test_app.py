@@ -192,6 +192,9 @@ def test_every_named_endpoint(server: Server, media: dict[str, Path]) -> None:
     board, _, _ = c.predict("a rabbit comes out | <hero> climbs out of a burrow | Out\na rabbit yawns | a rabbit yawns | Yawn",
                             "Test story", api_name="/draft")
     assert [s["id"] for s in board] == ["shot-01", "shot-02"]
+    planned, _, _, plan_status = c.predict("A fox runs through snow. It stops.", "Fox", None, api_name="/plan")
+    assert len(planned) == 2 and "with the sentences planner" in plan_status and "no usable plan" in plan_status
+    assert "python -m" not in plan_status and "/tmp" not in plan_status
     found = c.predict(board, "shot-01", api_name="/find_clips")
     assert found and "bunny-" in found[0]["caption"]
     board[1]["clip"] = "bunny-yawns.mp4@0-1.5"  # a sample named by its short name
