@@ -315,3 +315,38 @@ def test_hits_show_motion_and_caption_and_galleries_skip_remote_hits() -> None:
     table = hits_markdown([local, remote])
     assert "| motion, caption |" in table and "“a cat sleeps”" in table and "a dog / runs" in table
     assert with_thumbnails([local, remote, plain]) == [local, plain]
+
+
+def test_zero_gpu_budgets_follow_the_job(monkeypatch) -> None:
+    """Generate asks ZeroGPU for the engine's estimate of the job, not a fixed minute count."""
+    import sys
+    import types
+
+    from aas_core.generate import ShotSpec, estimate_gpu_seconds
+    from aas_core.ui import common
+    from aas_core.ui.story import ALL_SHOTS_GPU_CAP_S, all_shots_budget, one_shot_budget
+
+    fast, standard = boards.StorySettings(preset="fast").to_dict(), boards.StorySettings(preset="standard").to_dict()
+    board = _board()
+    assert one_shot_budget("t", board, board[0]["id"], standard) == estimate_gpu_seconds(
+        ShotSpec(prompt="x", frames=16, width=512, height=512, preset="standard", steps=25))
+    assert one_shot_budget("t", board, board[0]["id"], fast) < one_shot_budget("t", board, board[0]["id"], standard)
+    assert all_shots_budget("t", board, standard) == min(ALL_SHOTS_GPU_CAP_S, len(board) * one_shot_budget("t", board, "", standard))
+    bigger = boards.StorySettings(preset="standard", frames=32, width=768, height=768).to_dict()
+    assert one_shot_budget("t", board, "", bigger) > one_shot_budget("t", board, "", standard)
+
+    # On ZeroGPU hardware the handler's own arguments reach the budget function (spaces' dynamic duration).
+    seen: dict = {}
+
+    def gpu(duration):
+        def attach(fn):
+            def call(*args, **kwargs):
+                seen["seconds"] = duration(*args, **kwargs) if callable(duration) else duration
+                return fn(*args, **kwargs)
+            return call
+        return attach
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    wrapped = common._zero_gpu(lambda title, board, shot_id, settings: "made", one_shot_budget)
+    assert wrapped("t", board, board[0]["id"], fast) == "made"
+    assert seen["seconds"] == one_shot_budget("t", board, board[0]["id"], fast)

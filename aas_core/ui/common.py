@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import gradio as gr
 
@@ -35,6 +35,10 @@ CANCELLED = "Cancelled - finished work kept."
 _COMMAND_HINT = re.compile(r"[;,]?\s*(?:[\w'-]+\s+){0,3}?(?:(?:with|run|using|try)\s*:?\s*)?`?python3? -m aas_core(?:(?!\.\s)[^;)`\n])*`?")
 """A CLI hint inside an engine message ('; make one with: python -m aas_core ...'): local users only."""
 NOTHING_RUNNING = "Nothing is running to cancel."
+
+
+GpuDuration = Union[int, Callable[..., int]]
+"""A ZeroGPU call budget: fixed seconds, or computed from the call's arguments."""
 
 
 @dataclass
@@ -85,7 +89,7 @@ class UIContext:
             return text
         return redact_paths(_COMMAND_HINT.sub("", text))
 
-    def handler(self, fn: Callable, outputs: int, gpu: bool = False, duration: int = 120) -> Callable:
+    def handler(self, fn: Callable, outputs: int, gpu: bool = False, duration: GpuDuration = 120) -> Callable:
         """Wrap a module-level handler `fn(ctx, ...)` for gradio (see `job_handler`)."""
         return job_handler(self, fn, outputs, gpu, duration)
 
@@ -105,7 +109,7 @@ def _skips(outputs: int) -> Any:
     return tuple(gr.skip() for _ in range(outputs)) if outputs != 1 else gr.skip()
 
 
-def job_handler(ctx: UIContext, fn: Callable, outputs: int, gpu: bool = False, duration: int = 120) -> Callable:
+def job_handler(ctx: UIContext, fn: Callable, outputs: int, gpu: bool = False, duration: GpuDuration = 120) -> Callable:
     """`fn(ctx, *inputs, request, progress)` as a gradio handler.
 
     Waits for tiny models; a cancelled job ends with a neutral notice and leaves every output as it was;
@@ -170,8 +174,12 @@ def job_handler(ctx: UIContext, fn: Callable, outputs: int, gpu: bool = False, d
     return _zero_gpu(wrapped, duration) if gpu else wrapped
 
 
-def _zero_gpu(fn: Callable, duration: int) -> Callable:
-    """On Hugging Face ZeroGPU hardware, `spaces.GPU` attaches a GPU for the call; elsewhere a no-op."""
+def _zero_gpu(fn: Callable, duration: GpuDuration) -> Callable:
+    """On Hugging Face ZeroGPU hardware, `spaces.GPU` attaches a GPU for the call; elsewhere a no-op.
+
+    `duration` is seconds, or a function of the handler's own arguments that returns them (ZeroGPU's dynamic
+    duration), so short jobs queue sooner and long ones are not cut off.
+    """
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:

@@ -402,6 +402,31 @@ def generate_all(ctx: UIContext, title: str, board: Any, settings: Any, request:
     return _generate(ctx, title, board, None, settings, request, progress, f"all {len(board)} shots")
 
 
+ALL_SHOTS_GPU_CAP_S = 1800
+"""The most one "Generate all" call asks ZeroGPU for (longer stories continue from their finished shots)."""
+
+
+def shots_gpu_seconds(settings: Any, shots: int) -> int:
+    """A ZeroGPU budget for `shots` shots made with the Story settings: the engine's per-shot estimate times the count."""
+    from aas_core.generate import ShotSpec, estimate_gpu_seconds
+
+    s = StorySettings.parse(settings)
+    # The preset's own step count (Lightning has 1/2/4/8-step checkpoints only) when the settings keep the standard one.
+    spec = ShotSpec(prompt="budget", backend=s.backend, frames=s.frames, width=s.width, height=s.height,  # type: ignore[arg-type]
+                    preset=s.preset, steps=None if s.preset == "fast" else s.steps)  # type: ignore[arg-type]
+    return min(ALL_SHOTS_GPU_CAP_S, estimate_gpu_seconds(spec) * max(1, shots))
+
+
+def one_shot_budget(title: str, board: Any, shot_id: str, settings: Any, *_: Any, **__: Any) -> int:
+    """ZeroGPU duration of Generate / New take (same arguments as the handlers)."""
+    return shots_gpu_seconds(settings, 1)
+
+
+def all_shots_budget(title: str, board: Any, settings: Any, *_: Any, **__: Any) -> int:
+    """ZeroGPU duration of Generate all (same arguments as the handler)."""
+    return shots_gpu_seconds(settings, len(boards.normalized(board)))
+
+
 def stitch(ctx: UIContext, title: str, board: Any, settings: Any, request: gr.Request, progress=gr.Progress()):
     """Stitch the picked take of every shot that has one (nothing is generated again)."""
     session = ctx.session(request)
@@ -730,11 +755,11 @@ def listen(ctx: UIContext, parts: StoryParts) -> None:
     b["depth"].click(h(use_depth, outputs=2), [ctx.depth_ref, parts.board, parts.shot_pick], [parts.board, parts.version], api_name=False)
     gen_outs = [parts.board, parts.version, parts.status, o["shot_video"], o["comparison"]]
     common = {"buttons": run_buttons, "stop": b["stop"], "status": parts.status}
-    wire_job(b["generate"].click, h(generate_shot, outputs=5, gpu=True, duration=600),
+    wire_job(b["generate"].click, h(generate_shot, outputs=5, gpu=True, duration=one_shot_budget),
              [parts.title, parts.board, parts.shot_pick, parts.settings], gen_outs, api_name="generate_shot", **common)
-    wire_job(b["take"].click, h(new_take, outputs=5, gpu=True, duration=600),
+    wire_job(b["take"].click, h(new_take, outputs=5, gpu=True, duration=one_shot_budget),
              [parts.title, parts.board, parts.shot_pick, parts.settings], gen_outs, api_name="new_take", **common)
-    wire_job(b["all"].click, h(generate_all, outputs=5, gpu=True, duration=1800),
+    wire_job(b["all"].click, h(generate_all, outputs=5, gpu=True, duration=all_shots_budget),
              [parts.title, parts.board, parts.settings], gen_outs, api_name="generate_all", **common)
     wire_job(b["stitch"].click, h(stitch, outputs=4, gpu=True, duration=300), [parts.title, parts.board, parts.settings],
              [o["final"], o["storyboard"], o["downloads"], parts.status], api_name="stitch", **common)
