@@ -350,3 +350,15 @@ def test_zero_gpu_budgets_follow_the_job(monkeypatch) -> None:
     wrapped = common._zero_gpu(lambda title, board, shot_id, settings: "made", one_shot_budget)
     assert wrapped("t", board, board[0]["id"], fast) == "made"
     assert seen["seconds"] == one_shot_budget("t", board, board[0]["id"], fast)
+
+
+def test_status_shows_why_each_auto_clip_was_chosen() -> None:
+    from aas_core.story.outcome import ShotOutcome, StoryRun
+    from aas_core.ui.story import status_markdown
+
+    auto = ShotOutcome(id="s1", status="done", clip={"path": "a.mp4", "choice": {
+        "reasons": ["match 0.312 for the query", "long enough: 3.00 s for a 2.00 s shot"], "reused": False}})
+    pinned = ShotOutcome(id="s2", status="done", clip={"path": "b.mp4", "choice": None})
+    text = status_markdown(StoryRun(out_dir="x", shots=[auto, pinned]), tiny=False)
+    assert "**s1** clip chosen automatically: match 0.312 for the query; long enough: 3.00 s" in text
+    assert "**s2** clip chosen" not in text

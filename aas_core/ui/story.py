@@ -76,7 +76,8 @@ class StoryParts:
 # ---- pure helpers -------------------------------------------------------------------------------------------------
 
 def status_markdown(run: Any, tiny: bool, board: Optional[list[dict[str, Any]]] = None) -> str:
-    """One line per shot of a run: status, time, metrics or error; the takes of each shot when a board is given."""
+    """One line per shot of a run: status, time, metrics or error; the takes of each shot when a board is given;
+    why each `auto` clip was chosen (the whole-story choice's reasons)."""
     takes = {c["id"]: len(c["takes"]) for c in board or []}
     lines = ["| shot | status | takes | seconds | text match | consistency | depth adherence | identity |",
              "|---|---|---|---|---|---|---|---|"]
@@ -90,6 +91,9 @@ def status_markdown(run: Any, tiny: bool, board: Optional[list[dict[str, Any]]] 
         status = s.status + (f": {s.error}" if s.error else "")
         lines.append(f"| {s.id} | {status} | {takes.get(s.id, '-')} | {s.seconds:.1f} | {fmt('clip_text_similarity')} | "
                      f"{fmt('frame_consistency')} | {fmt('depth_adherence')} | {fmt('character_identity')} |")
+    chosen = [(s.id, (s.clip or {}).get("choice") or {}) for s in run.shots]
+    lines += [f"- **{shot_id}** clip chosen automatically: {'; '.join(choice['reasons'])}"
+              for shot_id, choice in chosen if choice.get("reasons")]
     if tiny or any(s.tiny for s in run.shots):
         lines.append("\n*Made with tiny random models: a workflow preview, not a real result.*")
     return "\n".join(lines)
@@ -378,7 +382,7 @@ def _generate(ctx: UIContext, title: str, board: Any, ids: Optional[list[str]], 
     board = _record_takes(ctx, session, board, run, settings, done)
     shown = boards.find(board, done[0])
     video, comparison = _take_videos(ctx, session, shown)
-    return board, time.time(), status_markdown(run, ctx.config.tiny, board), video, comparison
+    return board, time.time(), ctx.message(status_markdown(run, ctx.config.tiny, board)), video, comparison
 
 
 def generate_shot(ctx: UIContext, title: str, board: Any, shot_id: str, settings: Any, request: gr.Request, progress=gr.Progress()):
@@ -435,7 +439,7 @@ def stitch(ctx: UIContext, title: str, board: Any, settings: Any, request: gr.Re
     story = boards.story_from_board(title, board, settings, _resolver(ctx, session), _music(ctx, session, settings), picked=True)
     run = _run(ctx, session, story, [], progress, f"stitch {len(story.shots)} takes")
     files = [p for p in (run.video, run.storyboard, run.report_html, run.report_md, run.report_json) if p and Path(p).is_file()]
-    return run.video, run.storyboard, files, status_markdown(run, ctx.config.tiny, board)
+    return run.video, run.storyboard, files, ctx.message(status_markdown(run, ctx.config.tiny, board))
 
 
 def example_board() -> list[dict[str, Any]]:
@@ -479,7 +483,7 @@ def run_example(ctx: UIContext, request: gr.Request, progress=gr.Progress()):
     board, run = make_example(ctx, session, progress)
     files = [p for p in (run.video, run.storyboard, run.report_html) if p and Path(p).is_file()]
     return (EXAMPLE_TITLE, EXAMPLE_TEXT, board, time.time(), _choices(board), run.video, run.storyboard, files,
-            status_markdown(run, ctx.config.tiny, board))
+            ctx.message(status_markdown(run, ctx.config.tiny, board)))
 
 
 def warm_example(ctx: UIContext) -> None:
