@@ -259,17 +259,8 @@ class _ShotFrames:
         return clip
 
 
-def stitch(
-    shots: Sequence[StitchShot],
-    out_path: str | os.PathLike[str],
-    settings: Optional[StitchSettings] = None,
-    on_progress: Optional[ProgressFn] = None,
-    cancel: Optional[CancelToken] = None,
-) -> StitchResult:
-    """Assemble shot videos into one H.264 yuv420p +faststart mp4 (atomic write)."""
-    from moviepy import AudioFileClip, CompositeVideoClip, ImageClip, afx, vfx
-
-    settings = settings or StitchSettings()
+def check_inputs(shots: Sequence[StitchShot], settings: StitchSettings) -> None:
+    """Refuse what `stitch` cannot assemble (no shots, a bad fps or transition, a missing file, text too long)."""
     if not shots:
         raise InputError("nothing to stitch: no finished shots; run the story first")
     if settings.fps <= 0:
@@ -284,70 +275,41 @@ def stitch(
     check_text(settings.title, "title", MAX_TITLE_CHARS)
     if settings.music and not Path(settings.music).is_file():
         raise InputError(f"music file {settings.music} does not exist; check the path")
+
+
+def stitch(
+    shots: Sequence[StitchShot],
+    out_path: str | os.PathLike[str],
+    settings: Optional[StitchSettings] = None,
+    on_progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> StitchResult:
+    """Assemble shot videos into one H.264 yuv420p +faststart mp4 (atomic write)."""
+    from moviepy import CompositeVideoClip
+
+    settings = settings or StitchSettings()
+    # 1. Check inputs before anything is opened.
+    check_inputs(shots, settings)
+    # 2. Open the shots and place them on the timeline.
     report(on_progress, 0.0, "opening shots")
     shot_frames = _ShotFrames([s.path for s in shots], settings.size)
     size = shot_frames.size
     durations = [info.duration for info in shot_frames.infos]
     title_duration = settings.title_duration if settings.title else 0.0
     starts, total = timeline(shots, durations, title_duration)
-    font_size = settings.font_size or max(10, size[1] // 14)
     opened: list = []
     try:
-        layers = []
-        if settings.title:
-            text = render_text(settings.title, int(size[0] * 0.9), max(12, size[1] // 9))
-            card = CompositeVideoClip(
-                [ImageClip(text, duration=title_duration).with_position("center")], size=size, bg_color=(0, 0, 0)
-            ).with_duration(title_duration)
-            layers.append(card.with_effects([vfx.FadeIn(title_duration / 4), vfx.FadeOut(title_duration / 4)]))
-        for i, shot in enumerate(shots):
-            caption = None
-            if settings.captions and shot.caption.strip():
-                caption = render_text(shot.caption, int(size[0] * 0.92), font_size)
-            layer = shot_frames.clip(i, caption, margin=size[1] // 24)
-            if i + 1 < len(shots):
-                fade_out = _fade(shot, durations[i], durations[i + 1])
-                if fade_out > 0:
-                    layer = layer.with_effects([vfx.FadeOut(fade_out)])
-            if i > 0:
-                fade_in = _fade(shots[i - 1], durations[i - 1], durations[i])
-                if fade_in > 0:
-                    layer = layer.with_effects([vfx.FadeIn(fade_in)])
-                cross = overlap(shots[i - 1], durations[i - 1], durations[i])
-                if cross > 0:
-                    # Only the overlapping head needs a mask; masked layers are composited far more slowly.
-                    layers.append(layer.subclipped(0, cross).with_effects([vfx.CrossFadeIn(cross)]).with_start(starts[i]))
-                    layers.append(layer.subclipped(cross).with_start(starts[i] + cross))
-                    continue
-            layers.append(layer.with_start(starts[i]))
+        # 3. The layers: title card, then each shot with its caption and transitions.
+        layers = [_title_card(settings.title, size, title_duration)] if settings.title else []
+        layers += _shot_layers(shots, shot_frames, durations, starts, settings)
         final = CompositeVideoClip(layers, size=size, bg_color=(0, 0, 0)).with_duration(total)
         final.mask = None
+        # 4. Music under the whole video.
         if settings.music:
-            try:
-                music = AudioFileClip(str(settings.music))
-            except (OSError, KeyError, IndexError) as exc:
-                raise InputError(f"cannot read music {settings.music} ({exc}); use an mp3, wav, m4a or ogg file") from exc
-            opened.append(music)
-            music = _looped_music(music, settings.music_start, total)
-            music = music.with_effects(
-                [afx.MultiplyVolume(settings.music_volume), afx.AudioFadeOut(min(settings.music_fade_out, music.duration))]
-            )
-            final = final.with_audio(music)
+            final = final.with_audio(_music_track(settings, total, opened))
+        # 5. Encode (atomic write).
         out_path = Path(out_path)
-        frames = int(round(total * settings.fps))
-        # moviepy leaves its temporary audio file behind when writing fails (or is cancelled): give it a scratch folder.
-        with atomic_path(out_path, suffix=".mp4") as tmp, tempfile.TemporaryDirectory(prefix=".stitch-", dir=out_path.parent) as scratch:
-            final.write_videofile(
-                str(tmp),
-                fps=settings.fps,
-                codec="libx264",
-                preset=settings.preset,
-                audio=bool(settings.music),
-                audio_codec="aac",
-                temp_audiofile=str(Path(scratch) / "audio.m4a"),
-                ffmpeg_params=["-crf", str(settings.crf), *X264_PARAMS],
-                logger=_logger(on_progress, cancel, frames),
-            )
+        _encode(final, out_path, settings, int(round(total * settings.fps)), on_progress, cancel)
     finally:
         for clip in opened:
             clip.close()
@@ -361,6 +323,81 @@ def stitch(
         segments=[(s, s + d) for s, d in zip(starts, durations)],
         has_audio=bool(settings.music),
     )
+
+
+def _title_card(title: str, size: tuple[int, int], duration: float):  # noqa: ANN202 - a moviepy clip
+    """The title on black, fading in and out."""
+    from moviepy import CompositeVideoClip, ImageClip, vfx
+
+    text = render_text(title, int(size[0] * 0.9), max(12, size[1] // 9))
+    card = CompositeVideoClip(
+        [ImageClip(text, duration=duration).with_position("center")], size=size, bg_color=(0, 0, 0)
+    ).with_duration(duration)
+    return card.with_effects([vfx.FadeIn(duration / 4), vfx.FadeOut(duration / 4)])
+
+
+def _shot_layers(shots: Sequence[StitchShot], shot_frames: _ShotFrames, durations: Sequence[float], starts: Sequence[float],
+                 settings: StitchSettings) -> list:
+    """Each shot as moviepy layers at its start: caption, fades through black, crossfades into the previous shot."""
+    from moviepy import vfx
+
+    size = shot_frames.size
+    font_size = settings.font_size or max(10, size[1] // 14)
+    layers = []
+    for i, shot in enumerate(shots):
+        caption = None
+        if settings.captions and shot.caption.strip():
+            caption = render_text(shot.caption, int(size[0] * 0.92), font_size)
+        layer = shot_frames.clip(i, caption, margin=size[1] // 24)
+        if i + 1 < len(shots):
+            fade_out = _fade(shot, durations[i], durations[i + 1])
+            if fade_out > 0:
+                layer = layer.with_effects([vfx.FadeOut(fade_out)])
+        if i > 0:
+            fade_in = _fade(shots[i - 1], durations[i - 1], durations[i])
+            if fade_in > 0:
+                layer = layer.with_effects([vfx.FadeIn(fade_in)])
+            cross = overlap(shots[i - 1], durations[i - 1], durations[i])
+            if cross > 0:
+                # Only the overlapping head needs a mask; masked layers are composited far more slowly.
+                layers.append(layer.subclipped(0, cross).with_effects([vfx.CrossFadeIn(cross)]).with_start(starts[i]))
+                layers.append(layer.subclipped(cross).with_start(starts[i] + cross))
+                continue
+        layers.append(layer.with_start(starts[i]))
+    return layers
+
+
+def _music_track(settings: StitchSettings, total: float, opened: list):  # noqa: ANN202 - a moviepy AudioClip
+    """The music, looped or trimmed to `total` seconds, at its volume, faded out; the opened file goes into `opened`."""
+    from moviepy import AudioFileClip, afx
+
+    try:
+        music = AudioFileClip(str(settings.music))
+    except (OSError, KeyError, IndexError) as exc:
+        raise InputError(f"cannot read music {settings.music} ({exc}); use an mp3, wav, m4a or ogg file") from exc
+    opened.append(music)
+    music = _looped_music(music, settings.music_start, total)
+    return music.with_effects(
+        [afx.MultiplyVolume(settings.music_volume), afx.AudioFadeOut(min(settings.music_fade_out, music.duration))]
+    )
+
+
+def _encode(final, out_path: Path, settings: StitchSettings, frames: int, on_progress: Optional[ProgressFn],  # noqa: ANN001 - a moviepy clip
+            cancel: Optional[CancelToken]) -> None:
+    """Write the composite to `out_path` as H.264 (+ AAC music) through a temporary file."""
+    # moviepy leaves its temporary audio file behind when writing fails (or is cancelled): give it a scratch folder.
+    with atomic_path(out_path, suffix=".mp4") as tmp, tempfile.TemporaryDirectory(prefix=".stitch-", dir=out_path.parent) as scratch:
+        final.write_videofile(
+            str(tmp),
+            fps=settings.fps,
+            codec="libx264",
+            preset=settings.preset,
+            audio=bool(settings.music),
+            audio_codec="aac",
+            temp_audiofile=str(Path(scratch) / "audio.m4a"),
+            ffmpeg_params=["-crf", str(settings.crf), *X264_PARAMS],
+            logger=_logger(on_progress, cancel, frames),
+        )
 
 
 @dataclass(frozen=True)
