@@ -74,3 +74,16 @@ def test_missing_file(tmp_path):
 def test_real_clips_probe():
     info = probe(SHARED_CLIPS / "bigbuckbunny.mp4")
     assert (info.width, info.height, info.has_audio) == (1280, 720, True)
+
+
+@pytest.mark.skipif(not SHARED_CLIPS.is_dir(), reason="shared clips not present")
+def test_skim_decodes_reference_frames_only():
+    from aas_core.video_io import iter_av_frames
+
+    full = [t for t, _ in iter_av_frames(SHARED_CLIPS / "bikes.mp4", threaded=False)]
+    skim = [t for t, _ in iter_av_frames(SHARED_CLIPS / "bikes.mp4", threaded=False, skim=True)]
+    assert len(full) == 250
+    # bikes.mp4 is H.264 with B-frames: skimming skips the non-reference ones, times stay exact and in order.
+    assert 100 < len(skim) < 200
+    assert skim == sorted(skim) and set(skim) <= set(full)
+    assert max(b - a for a, b in zip(skim, skim[1:])) <= 4 / 25 + 1e-9

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from dataclasses import dataclass, field
@@ -182,12 +183,12 @@ def _split_long(start: float, end: float, max_len: float) -> list[tuple[float, f
     return [(start + i * step, start + (i + 1) * step) for i in range(parts)]
 
 
-def _flow_stats(previous: np.ndarray, current: np.ndarray, fps: float) -> tuple[float, float, float]:
-    """(mean, camera, subject) flow between two consecutive small gray frames, in frame widths per second."""
+def _flow_stats(previous: np.ndarray, current: np.ndarray, seconds: float) -> tuple[float, float, float]:
+    """(mean, camera, subject) flow between two small gray frames `seconds` apart, in frame widths per second."""
     import cv2
 
     flow = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 2, 9, 2, 5, 1.1, 0)
-    scale = fps / previous.shape[1]
+    scale = 1.0 / (seconds * previous.shape[1])
     median = np.median(flow.reshape(-1, 2), axis=0)
     mean = float(np.linalg.norm(flow, axis=2).mean()) * scale
     subject = float(np.linalg.norm(flow - median, axis=2).mean()) * scale
@@ -201,6 +202,8 @@ class _Sample:
     """The whole frame scaled so its short side is the crop size (the crop and the thumbnail come from it)."""
     flow: Optional[tuple[float, float, float]] = None
     """(mean, camera, subject) flow from the frame before, when there is one."""
+    flow_from: float = 0.0
+    """Time of that frame before: a flow from before the shot's start measures a cut, not motion."""
 
 
 def iter_shots(
@@ -238,7 +241,7 @@ def iter_shots(
         middle = part[len(part) // 2].scaled
         thumb_h = max(2, round(settings.thumb_width * middle.shape[0] / middle.shape[1]))
         thumbnail = cv2.resize(middle, (settings.thumb_width, thumb_h), interpolation=cv2.INTER_AREA)
-        flows = [s.flow for s in part if s.flow is not None]
+        flows = [s.flow for s in part if s.flow is not None and s.flow_from >= part_start - 1e-6]
         motion = MotionStats(*(float(np.mean(v)) for v in zip(*flows))) if flows else MotionStats()
         return SampledShot(part_start, part_end, [_center(s.scaled, settings.crop_size) for s in part], thumbnail, motion=motion)
 
@@ -261,6 +264,19 @@ def iter_shots(
                 yield make_shot(part_start, part_end, part)
         shot_start = end
 
+    def _cut_at(number: int) -> Iterator[SampledShot]:
+        """End the shot at a cut first seen on decoded frame `number`.
+
+        Skimming skips non-reference frames, so the cut lies somewhere after the decoded frame before it:
+        the old shot ends one frame after that one, the new shot starts at `number`, and the skipped frame
+        or two between them belong to neither (no shot holds a flash of its neighbour).
+        """
+        nonlocal shot_start
+        at = min(bisect.bisect_left(frame_numbers, number), len(frame_numbers) - 1)
+        before = frame_times[at - 1] + 1.0 / fps if at > 0 else frame_times[at]
+        yield from close_shot(max(min(before, frame_times[at]), shot_start))
+        shot_start = max(frame_times[at], shot_start)
+
     def flush_long(now: float) -> Iterator[SampledShot]:
         """Emit full-length parts of a cut-free span as soon as it holds two of them (bounded memory)."""
         nonlocal shot_start, emitted
@@ -273,8 +289,10 @@ def iter_shots(
             shot_start = part_end
 
     first_size = None
+    frame_numbers: list[int] = []
     # One decoder thread: the reader runs beside the embedder, and frame threading costs extra CPU.
-    for index, (t, frame) in enumerate(iter_av_frames(path, threaded=False)):
+    # Decoding is most of the reader's CPU, and frames are only seen small here: skim (reference frames only).
+    for t, frame in iter_av_frames(path, threaded=False, skim=True):
         if stop is not None and stop():
             return
         size = (frame.width, frame.height)
@@ -285,18 +303,19 @@ def iter_shots(
                 f"{Path(path).name} changes resolution mid-stream ({first_size[0]}x{first_size[1]} -> {size[0]}x{size[1]}); "
                 "re-encode it to one frame size to index it"
             )
+        number = max(round(t * fps), frame_numbers[-1] + 1 if frame_numbers else 0)
         frame_times.append(t)
+        frame_numbers.append(number)
         small = _detection_image(frame, DETECT_WIDTH)
         gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-        cuts = detector.process_frame(FrameTimecode(index, fps=fps), small)
-        for cut in cuts:
-            cut_index = min(cut.frame_num, len(frame_times) - 1)
-            yield from close_shot(max(frame_times[cut_index], shot_start))
+        for cut in detector.process_frame(FrameTimecode(number, fps=fps), small):
+            yield from _cut_at(cut.frame_num)
         yield from flush_long(t)
         if t + 1e-6 >= next_sample:
-            # Flow from the frame before: the sample's own motion, known at once.
-            flow = _flow_stats(previous_gray, gray, fps) if previous_gray is not None and previous_gray.shape == gray.shape else None
-            samples.append(_Sample(t, frame_to_rgb(frame, crop_wh), flow))
+            # Flow from the decoded frame before: the sample's own motion, known at once.
+            flow = (_flow_stats(previous_gray, gray, t - frame_times[-2])
+                    if previous_gray is not None and previous_gray.shape == gray.shape and t > frame_times[-2] else None)
+            samples.append(_Sample(t, frame_to_rgb(frame, crop_wh), flow, frame_times[-2] if flow else 0.0))
             next_sample = t + step
         previous_gray = gray
     if not frame_times:
