@@ -93,9 +93,54 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def _stitch(args: argparse.Namespace) -> dict:
-    from aas_core.story import assemble
+    from aas_core.progress import tqdm_progress
+    from aas_core.story import assemble, assemble_takes
 
-    return _summary(assemble(args.dir))
+    progress, close = tqdm_progress("stitch", disable=args.json)
+    try:
+        if args.takes:
+            return _summary(assemble_takes(args.dir, **_takes_file(args.takes), on_progress=progress))
+        return _summary(assemble(args.dir, on_progress=progress))
+    finally:
+        close()
+
+
+TAKES_FILE_HELP = ('a JSON file: {"title": ..., "fps": ..., "output": {"title_card": ..., "captions": ..., "music": ...}, '
+                   '"takes": [{"shot": ID, "video": FILE, "number": N, "caption": ..., "transition": ..., '
+                   '"transition_duration": ...}]} (or just the list of takes); paths relative to the file')
+
+
+def _takes_file(path: str) -> dict:
+    """`assemble_takes` keyword arguments from a takes file (TAKES_FILE_HELP); its paths are relative to the file."""
+    import json
+
+    from aas_core.story import Output, Take
+
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read takes file {path} ({exc}); write {TAKES_FILE_HELP}") from None
+    data = {"takes": data} if isinstance(data, list) else data
+    if not isinstance(data, dict) or not isinstance(data.get("takes"), list) or set(data) - {"title", "fps", "output", "takes"}:
+        raise InputError(f"takes file {path}: write {TAKES_FILE_HELP}")
+    takes = []
+    for i, raw in enumerate(data["takes"]):
+        try:
+            take = Take(**raw)
+        except TypeError:
+            fields = ", ".join(f.name for f in dataclasses.fields(Take))
+            raise InputError(f"takes file {path}: take {i + 1} must be an object with shot and video (fields: {fields})") from None
+        take.video = str(file.parent / take.video) if take.video else ""
+        takes.append(take)
+    try:
+        output = Output(**(data.get("output") or {}))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"takes file {path}: output: {exc}") from None
+    if output.music:
+        output.music = str(file.parent / output.music)
+    fps = data.get("fps")
+    return {"takes": takes, "title": str(data.get("title") or ""), "output": output, "fps": float(fps) if fps else None}
 
 
 def _report(args: argparse.Namespace) -> dict:
@@ -148,8 +193,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--only", action="append", metavar="SHOT_IDS", help="run only these shots (comma-separated; repeatable)")
     p.add_argument("--no-metrics", action="store_true", help="skip the quality metrics")
     _common(p)
-    p = add_command(group, "stitch", _stitch, "stitch the finished shots of a run folder again (video, storyboard, report)")
-    p.add_argument("dir", help="run folder")
+    p = add_command(group, "stitch", _stitch, "stitch the finished shots of a run folder again, or chosen takes into it (video, storyboard, report)")
+    p.add_argument("dir", help="run folder (with --takes: the folder to stitch into; its run.json then lists exactly those takes)")
+    p.add_argument("--takes", metavar="FILE", help=f"stitch these takes instead of the run's shots: {TAKES_FILE_HELP}")
     p = add_command(group, "report", _report, "print (and rewrite) the report of a run folder")
     p.add_argument("dir", help="run folder")
     p = add_command(group, "export", _export, "export a run's timeline to an editor (OpenTimelineIO, Final Cut Pro XML, EDL) and story.srt")

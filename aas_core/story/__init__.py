@@ -1,6 +1,6 @@
 """Stories: a project file of shots -> retrieve, depth, generate (cached, resumable) -> one stitched video."""
 
-from aas_core.story.assembly import assemble
+from aas_core.story.assembly import Take, assemble, assemble_takes
 from aas_core.story.draft import draft_story
 from aas_core.story.outcome import SHOT_STATUSES, ShotOutcome, StoryRun, read_run
 from aas_core.story.planner import PLANNERS, PlanResult, plan_from_text, save_plan
@@ -43,7 +43,9 @@ __all__ = [
     "Story",
     "StoryPlan",
     "StoryRun",
+    "Take",
     "assemble",
+    "assemble_takes",
     "default_out_dir",
     "draft_story",
     "dump_story",
