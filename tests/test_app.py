@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aas_core.ui.characters import INSTANT, TRAINED
@@ -144,6 +145,13 @@ def client(server: Server):
     return Client(server.url, verbose=False, download_files=str(server.scratch / "downloads"))
 
 
+def first_frame(path: Path) -> np.ndarray:
+    """The first frame of a video as float32 RGB."""
+    from aas_core.video_io import iter_frames
+
+    return next(iter(iter_frames(path))).rgb.astype(np.float32)
+
+
 def video(value) -> Path:
     """The file of a gr.Video output (a path, or a dict holding one)."""
     return Path(value["video"] if isinstance(value, dict) else value)
@@ -203,15 +211,22 @@ def test_every_named_endpoint(server: Server, media: dict[str, Path]) -> None:
     assert "| shot-01 | generated" in status and "| shot-02 | skipped" in status and "workflow preview" in status
     assert len(board[0]["takes"]) == 1 and board[0]["pick"] == 0 and not board[0]["takes"][0]["video"].startswith("/")
 
-    board, _, status, _, _ = c.predict("Test story", board, "shot-01", SETTINGS, api_name="/new_take")
+    board, _, status, second, _ = c.predict("Test story", board, "shot-01", SETTINGS, api_name="/new_take")
     seeds = [t["seed"] for t in board[0]["takes"]]
     assert len(seeds) == 2 and seeds[1] == seeds[0] + 1 and board[0]["pick"] == 1
     board, _, status, _, _ = c.predict("Test story", board, SETTINGS, api_name="/generate_all")
     assert "| shot-02 | generated" in status and "| shot-01 | cached" in status
     board[0]["pick"] = 0  # stitch the first take of shot-01
     final, storyboard, files, status = c.predict("Test story", board, SETTINGS, api_name="/stitch")
-    assert probe(video(final)).duration > 0.5 and Path(storyboard).is_file()
+    assert probe(video(final)).duration == pytest.approx(2 * probe(video(shot)).duration, abs=0.2) and Path(storyboard).is_file()
     assert any(Path(f).name == "story_report.html" for f in files) and "generated" not in status
+    # What was stitched is the picked take 1 of shot-01 (first frame), not take 2 (the next seed), and run.json says so.
+    start, take1, take2 = (first_frame(video(v)) for v in (final, shot, second))
+    assert np.abs(start - take1).mean() < 0.5 * np.abs(start - take2).mean()
+    folder = server.session_folder(c.session_hash)
+    recorded = json.loads((folder / "outputs" / "story" / "run.json").read_text())
+    assert [Path(s["video"]).resolve() for s in recorded["shots"]] == [(folder / card["takes"][card["pick"]]["video"]).resolve()
+                                                                      for card in board]
 
     project = c.predict("Test story", "the text", board, {**SETTINGS, "frames": 8, "transition": "cut"}, api_name="/save_project")
     text = Path(project).read_text()

@@ -69,6 +69,31 @@ def test_takes_are_kept_and_picked() -> None:
         boards.pick(board, "shot-01", 7)
 
 
+def test_picked_takes_are_what_stitch_assembles() -> None:
+    """The Stitch button's takes: each card's pick (number, files through the resolver), caption and transition."""
+    board = _board()
+    for seed in (5, 6):
+        board = boards.add_take(board, "shot-01", {"video": f"v{seed}.mp4", "comparison": f"c{seed}.mp4", "seed": seed,
+                                                  "prompt": f"take {seed}", "clip": "bunny.mp4@1-3", "metrics": {"frame_consistency": 0.9}})
+    board = boards.add_take(board, "shot-03", {"video": "w.mp4", "prompt": "rain", "clip": "auto"})
+    board = boards.pick(board, "shot-01", 0)
+    settings = boards.StorySettings(transition="fade_black", transition_s=1.0)
+    takes = boards.picked_takes(board, settings, lambda name: f"/session/{name}", tiny=True)
+    assert [(t.shot, t.number, t.video, t.prompt) for t in takes] == [("shot-01", 1, "/session/v5.mp4", "take 5"),
+                                                                     ("shot-03", 1, "/session/w.mp4", "rain")]
+    assert takes[0].comparison == "/session/c5.mp4" and takes[0].caption == "Run" and takes[0].metrics == {"frame_consistency": 0.9}
+    assert (takes[0].transition, takes[0].transition_duration, takes[0].tiny) == ("fade_black", 1.0, True)
+    assert takes[0].clip == {"path": "bunny.mp4", "start": 1.0, "end": 3.0} and takes[1].clip == {}
+
+    def guard(name: str) -> str:
+        raise InputError(f"{name} is not yours")
+
+    with pytest.raises(InputError, match="v5.mp4 is not yours"):
+        boards.picked_takes(board, settings, guard)
+    with pytest.raises(InputError, match="no shot has a take yet"):
+        boards.picked_takes(_board(), settings, str)
+
+
 def test_project_state_line_round_trip() -> None:
     """The app's state rides on the first comment line; a plain story file has none."""
     from aas_core.story import parse_story

@@ -4,7 +4,7 @@ and the conversions to a runnable `Story` and to a project file.
 A board is a list of shot dicts (JSON-ready, so the API can send it):
   {id, query, prompt, caption, clip ("auto" or "name@start-end"), seed, strength, depth ({estimator, fit, speed,
    smoothing} or None), thumb, status, takes: [{video, comparison, thumb, seed, strength, prompt, clip, settings,
-   depth}], pick (index into takes or None)}
+   depth, metrics}], pick (index into takes or None)}
 File names in a board are what the visitor sees (short names in multi-user mode); the UI resolves them.
 """
 
@@ -269,7 +269,7 @@ def story_from_board(title: str, board: Any, settings: StorySettings, resolve: C
     Blank prompts are refused up front, naming the shots. With `picked`, only shots with a picked take are kept,
     each with exactly the take's settings, so the runner finds the take in its cache instead of regenerating.
     """
-    from aas_core.story import Character, ClipRef, Defaults, DepthSettings, GenerateSettings, Output, Shot, Story
+    from aas_core.story import Character, ClipRef, Defaults, DepthSettings, GenerateSettings, Shot, Story
     from aas_core.story.schema import TOKEN, with_ids
 
     board = normalized(board)
@@ -308,12 +308,49 @@ def story_from_board(title: str, board: Any, settings: StorySettings, resolve: C
         defaults=Defaults(
             generate=GenerateSettings(backend=settings.backend, width=settings.width, height=settings.height,
                                       frames=settings.frames, steps=settings.steps, preset=settings.preset),  # type: ignore[arg-type]
-            depth=DepthSettings(estimator=settings.estimator), transition=settings.transition,  # type: ignore[arg-type]
+            depth=DepthSettings(estimator=settings.estimator), transition=settings.transition,
             transition_duration=float(settings.transition_s),
         ),
-        output=Output(title_card=bool(settings.title_card), captions=bool(settings.captions), music=music),
+        output=output_of(settings, music),
         shots=shots,
     ))
+
+
+def output_of(settings: StorySettings, music: Optional[str] = None) -> Any:
+    """The story Output (title card, captions, music) of the Story settings; `music` already resolved."""
+    from aas_core.story import Output
+
+    return Output(title_card=bool(settings.title_card), captions=bool(settings.captions), music=music)
+
+
+def picked_takes(board: Any, settings: StorySettings, resolve: Callable[[str], str], tiny: bool = False) -> list[Any]:
+    """The picked take of every shot that has one, in board order, as `aas_core.story.assemble_takes` stitches them.
+
+    Files are resolved with `resolve` (the visitor path guard in the app); caption and transition come from the
+    card and the settings, the rest from the take itself.
+    """
+    from aas_core.story import Take
+
+    takes = []
+    for card in normalized(board):
+        at = card["pick"]
+        if at is None or not card["takes"]:
+            continue
+        if not isinstance(at, int) or not 0 <= at < len(card["takes"]):
+            raise InputError(f"{card['id']} has {len(card['takes'])} takes; pick one of them")
+        take = card["takes"][at]
+        parsed = parse_clip(take.get("clip"), card["id"])
+        takes.append(Take(
+            shot=card["id"], number=at + 1, video=resolve(take["video"]) if take.get("video") else "",
+            caption=str(card.get("caption") or ""), transition=settings.transition,
+            transition_duration=float(settings.transition_s), prompt=str(take.get("prompt") or card["prompt"] or ""),
+            comparison=resolve(take["comparison"]) if take.get("comparison") else "",
+            metrics=take.get("metrics") if isinstance(take.get("metrics"), dict) else None,
+            clip={} if parsed is None else {"path": parsed[0], "start": parsed[1], "end": parsed[2]}, tiny=tiny,
+        ))
+    if not takes:
+        raise InputError("no shot has a take yet: generate at least one shot first")
+    return takes
 
 
 def take_of(card: dict[str, Any], settings: StorySettings, outcome: Any, show: Callable[[str], str], thumb: Optional[str]) -> dict[str, Any]:
@@ -322,7 +359,7 @@ def take_of(card: dict[str, Any], settings: StorySettings, outcome: Any, show: C
         "video": show(outcome.video), "comparison": show(outcome.comparison) if outcome.comparison else None, "thumb": thumb,
         "seed": outcome.seed if getattr(outcome, "seed", None) is not None else card.get("seed"),
         "strength": card.get("strength"), "prompt": card["prompt"], "clip": card["clip"], "depth": card.get("depth"),
-        "settings": {k: getattr(settings, k) for k in TAKE_SETTINGS},
+        "settings": {k: getattr(settings, k) for k in TAKE_SETTINGS}, "metrics": getattr(outcome, "metrics", None),
     }
 
 

@@ -432,12 +432,18 @@ def all_shots_budget(title: str, board: Any, settings: Any, *_: Any, **__: Any) 
 
 
 def stitch(ctx: UIContext, title: str, board: Any, settings: Any, request: gr.Request, progress=gr.Progress()):
-    """Stitch the picked take of every shot that has one (nothing is generated again)."""
+    """Stitch the picked take of every shot that has one with `story.assemble_takes` (nothing is generated again)."""
+    from aas_core.story import assemble_takes
+
     session = ctx.session(request)
     settings = StorySettings.parse(settings)
     board = boards.normalized(board)
-    story = boards.story_from_board(title, board, settings, _resolver(ctx, session), _music(ctx, session, settings), picked=True)
-    run = _run(ctx, session, story, [], progress, f"stitch {len(story.shots)} takes")
+    # Every take's files pass the visitor path guard (multi-user mode) before anything is read.
+    takes = boards.picked_takes(board, settings, _resolver(ctx, session), tiny=ctx.config.tiny)
+    job = f"stitch {len(takes)} takes"
+    run = assemble_takes(session.outputs / RUN_FOLDER, takes, title=title or "",
+                         output=boards.output_of(settings, _music(ctx, session, settings)),
+                         on_progress=progress_fn(progress, job), cancel=session.new_job(job, ctx.config.job_time_limit_s))
     files = [p for p in (run.video, run.storyboard, run.report_html, run.report_md, run.report_json) if p and Path(p).is_file()]
     return run.video, run.storyboard, files, ctx.message(status_markdown(run, ctx.config.tiny, board))
 
@@ -765,7 +771,7 @@ def listen(ctx: UIContext, parts: StoryParts) -> None:
              [parts.title, parts.board, parts.shot_pick, parts.settings], gen_outs, api_name="new_take", **common)
     wire_job(b["all"].click, h(generate_all, outputs=5, gpu=True, duration=all_shots_budget),
              [parts.title, parts.board, parts.settings], gen_outs, api_name="generate_all", **common)
-    wire_job(b["stitch"].click, h(stitch, outputs=4, gpu=True, duration=300), [parts.title, parts.board, parts.settings],
+    wire_job(b["stitch"].click, h(stitch, outputs=4), [parts.title, parts.board, parts.settings],
              [o["final"], o["storyboard"], o["downloads"], parts.status], api_name="stitch", **common)
     wire_job(b["example"].click, h(run_example, outputs=9, gpu=True, duration=1800), [],
              [parts.title, parts.text, parts.board, parts.version, parts.shot_pick, o["final"], o["storyboard"], o["downloads"], parts.status],
