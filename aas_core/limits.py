@@ -18,6 +18,8 @@ MAX_CAPTION_CHARS = 300
 MAX_TITLE_CHARS = 300
 MAX_QUERY_CHARS = 1000
 """Retrieval text goes through the same 77-token CLIP text encoder as prompts."""
+MAX_REMOTE_CLIP_BYTES = 200_000_000
+"""A captioned web clip fetched on use: stock clips are 1-60 MB; a minute of 1080p H.264 is ~100 MB."""
 
 MAX_STORY_BYTES = 1_000_000
 """A 100-shot story with long prompts is well under 500 KB; more is not a story."""

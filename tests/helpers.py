@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -56,3 +58,50 @@ def ensure_tiny(root: Path, *names: str) -> Path:
     if todo:
         write_tiny(todo, root)
     return root
+
+
+@contextlib.contextmanager
+def serve(handler: type) -> Iterator[str]:
+    """Run an HTTP request handler class on localhost in a thread; yields the base URL."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.handle_error = lambda *args: None  # type: ignore[method-assign]  # a client hanging up early is no error here
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[tuple[str, Counter[str]]]:
+    """Serve `folder` over HTTP on localhost in a thread; yields (base URL, requests per path)."""
+    import http.server
+
+    hits: Counter[str] = Counter()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self) -> None:
+            hits[self.path] += 1
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with serve(Handler) as base:
+        yield base, hits
+
+
+def closed_port() -> int:
+    """A localhost port nothing listens on (connections are refused at once)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from aas_core.library.reader import iter_shots, scan_folder
 from aas_core.library.store import LibraryStore
 from aas_core.library.vector_index import choose_index_type
 from aas_core.progress import CancelToken
-from tests.helpers import SHARED_CLIPS, ensure_tiny, moving_square_frames, write_clip
+from tests.helpers import SHARED_CLIPS, closed_port, ensure_tiny, moving_square_frames, serve, serve_folder, write_clip
 
 
 @pytest.fixture()
@@ -346,21 +349,84 @@ def test_caption_words_rank_their_clip_first_and_urls_fetch_on_demand(tmp_path, 
     assert library_info(lib).captions == 4
 
 
-def test_captions_fetch_from_a_server_once(tmp_path):
+def _web_folder(tmp_path):
+    """What the test web server offers: a real clip (the shared bikes.mp4 when present), a text file named .mp4."""
+    web = tmp_path / "web"
+    web.mkdir()
+    if (SHARED_CLIPS / "bikes.mp4").is_file():
+        shutil.copy(SHARED_CLIPS / "bikes.mp4", web / "bikes.mp4")
+    else:
+        write_clip(web / "bikes.mp4", moving_square_frames("red", "right", frames=24), fps=8)
+    (web / "notes.mp4").write_text("not a video at all")
+    return web
+
+
+def test_remote_hits_are_fetched_once_and_used_like_library_clips(tmp_path):
+    from aas_core.library import fetch_hit, import_captions
+    from aas_core.video_io import probe
+
+    web, lib = _web_folder(tmp_path), tmp_path / "lib"
+    duration = probe(web / "bikes.mp4").duration
+    with serve_folder(web) as (base, requests):
+        csv = tmp_path / "captions.csv"
+        csv.write_text(f"url,caption,start,end\n{base}/bikes.mp4,people ride bikes down a street,0.5,1.5\n"
+                       f"{base}/bikes.mp4?whole=1,a cyclist on a bridge,,\n")
+        assert import_captions(csv, lib)["added"] == 2
+        hit = search("bikes street", k=2, library=lib)[0]
+        assert hit.remote and hit.path == f"{base}/bikes.mp4" and hit.thumbnail == "" and (hit.start, hit.end) == (0.5, 1.5)
+        used = fetch_hit(hit, lib)
+        # Downloaded into the library's remote cache under a hash name, then read like a library clip.
+        assert Path(used.path).parent == lib / "remote-cache" and re.fullmatch(r"[0-9a-f]{24}\.mp4", Path(used.path).name)
+        assert not used.remote and used.url == hit.path and (used.start, used.end) == (0.5, 1.5)
+        assert (used.width, used.height) == (probe(web / "bikes.mp4").width, probe(web / "bikes.mp4").height) and used.fps > 0
+        assert Path(used.path).read_bytes() == (web / "bikes.mp4").read_bytes()
+        assert fetch_hit(hit, lib).path == used.path and fetch_hit(hit.to_dict(), lib)["path"] == used.path
+        assert requests["/bikes.mp4"] == 1  # every later use reads the cache
+        # A row without start/end stands for the whole clip; its dict form (as runs store hits) keeps its keys.
+        whole = fetch_hit(search("cyclist bridge", k=1, library=lib)[0].to_dict(), lib)
+        assert (whole["start"], whole["end"]) == (0.0, pytest.approx(duration, abs=0.05))
+        assert whole["duration"] == pytest.approx(whole["end"], abs=0.01) and whole["remote"] is False
+        assert not list((lib / "remote-cache").glob(".*"))  # no temp file left behind
+    assert fetch_hit(used, lib) is used  # a local hit is used as it is
+
+
+def test_remote_fetch_refusals_leave_nothing_behind(tmp_path):
     import http.server
-    import threading
 
     from aas_core.library import fetch_remote
 
-    (tmp_path / "clip.mp4").write_bytes(b"not really a video")
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
-        local = fetch_remote(url, tmp_path / "lib")
-        assert open(local, "rb").read() == b"not really a video"
-        (tmp_path / "clip.mp4").unlink()
-        assert fetch_remote(url, tmp_path / "lib") == local  # cached: the server is not asked again
-    finally:
-        server.shutdown()
+    web, lib = _web_folder(tmp_path), tmp_path / "lib"
+    cache = lib / "remote-cache"
+    with pytest.raises(InputError) as offline:
+        fetch_remote(f"http://127.0.0.1:{closed_port()}/clips/bikes.mp4", lib, timeout=5)
+    message = str(offline.value)
+    assert message.startswith("bikes.mp4 is a remote clip (http://127.0.0.1:") and "could not be downloaded: " in message
+    assert "refused" in message and "connect to the internet" in message and "local path" in message
+    with serve_folder(web) as (base, requests):
+        with pytest.raises(InputError, match="notes.mp4 from .* is not a video this app can read"):
+            fetch_remote(f"{base}/notes.mp4", lib)
+        with pytest.raises(InputError, match="HTTP 404"):
+            fetch_remote(f"{base}/gone.mp4", lib)
+        with pytest.raises(InputError, match="bikes.mp4 is a remote clip .* of more than 1.0 KB, the download limit"):
+            fetch_remote(f"{base}/bikes.mp4", lib, max_bytes=1000)
+        # Nothing of the URL becomes a path: an odd path or extension gives a hash name ending in .mp4.
+        local = fetch_remote(f"{base}/../%2e%2e/bikes.mp4?../../x.sh", lib)
+        assert Path(local).parent == cache and re.fullmatch(r"[0-9a-f]{24}\.mp4", Path(local).name)
+    assert [p.name for p in cache.iterdir()] == [Path(local).name]  # the refused downloads left no file
+    with pytest.raises(InputError, match="names no host"):
+        fetch_remote("http:///bikes.mp4", lib)
+
+    class ToFile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/clip.mp4" if "ftp" in self.path else "file:///etc/passwd")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serve(ToFile) as base:
+        with pytest.raises(InputError, match="non-web address"):
+            fetch_remote(f"{base}/ftp.mp4", lib)
+        with pytest.raises(InputError, match="not allowed"):
+            fetch_remote(f"{base}/file.mp4", lib)

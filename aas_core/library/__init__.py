@@ -7,13 +7,13 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 import numpy as np
 
 from aas_core.device import Runtime
 from aas_core.errors import InputError
-from aas_core.library.captions import caption_candidates, fetch_remote, import_captions
+from aas_core.library.captions import FETCH_TIMEOUT_S, caption_candidates, fetch_remote, import_captions, is_url, url_name
 from aas_core.library.indexer import run_in_process
 from aas_core.library.reader import MOTION_CLASSES, FoundFile, ReaderSettings, motion_class, scan_folder
 from aas_core.library.store import LibraryDB, LibraryStore, ModelStamp, default_library, path_bytes
@@ -39,6 +39,7 @@ __all__ = [
     "ReaderSettings",
     "compact",
     "default_library",
+    "fetch_hit",
     "fetch_remote",
     "import_captions",
     "index_folder",
@@ -73,7 +74,9 @@ class ClipHit:
     """Share of the motion that is the camera's (0 = subject only, 1 = camera only)."""
     motion_class: str = ""
     remote: bool = False
-    """A captioned URL not fetched yet: `fetch_remote(hit)` downloads it when the hit is used."""
+    """A captioned URL not fetched yet: `fetch_hit(hit)` downloads it (once, cached) when the hit is used."""
+    url: str = ""
+    """Where a fetched remote clip came from ("" for the library's own files)."""
 
     @property
     def duration(self) -> float:
@@ -435,6 +438,32 @@ def _hit(db: LibraryDB, shot: dict[str, Any], score: float, rank: int, clip_scor
     )
 
 
+Hit = TypeVar("Hit", ClipHit, dict)
+
+
+def fetch_hit(hit: Hit, library: Optional[str | os.PathLike[str]] = None, timeout: float = FETCH_TIMEOUT_S) -> Hit:
+    """A hit ready to use like a library clip: a remote one downloaded once into `<library>/remote-cache`, its
+    span, size and fps read from the file (`url` keeps where it came from); a local one as it is."""
+    data = hit if isinstance(hit, dict) else hit.to_dict()
+    if not data.get("remote") or not is_url(str(data["path"])):
+        return hit
+    from aas_core.video_io import probe
+
+    url = str(data["path"])
+    info = probe(fetch_remote(url, library, timeout=timeout))
+    start = float(data.get("start") or 0.0)
+    if start >= info.duration:
+        raise InputError(f"{url_name(url)} ({url}) lasts {info.duration:.2f} s; its caption's span starts at {start:.2f} s: "
+                         "fix the start in the captions file and import it again")
+    end = float(data.get("end") or 0.0)
+    end = min(end, info.duration) if end > start else info.duration  # no end in the caption row: the whole clip
+    changes = {"path": info.path, "start": start, "end": round(end, 6), "fps": info.fps, "width": info.width,
+               "height": info.height, "remote": False, "url": url}
+    if isinstance(hit, ClipHit):
+        return replace(hit, **changes)
+    return {**hit, **changes, **({"duration": round(end - start, 3)} if "duration" in hit else {})}
+
+
 def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -449,12 +478,13 @@ def library_info(library: Optional[str | os.PathLike[str]] = None) -> LibraryInf
     """Counts, model, index type and skipped files of a library."""
     store = LibraryStore(library)
     manifest = store.read_manifest()
-    if manifest is None or manifest["model"] is None:
+    if manifest is None or (manifest["model"] is None and not manifest["captions"]):
         raise InputError(f"no clip library at {store.path}; build one with: python -m aas_core library index FOLDER --library {store.path}")
+    model = manifest["model"] or {"name": ""}  # a captions-only library (import-captions before any index) has none yet
     return LibraryInfo(
         library=str(store.path),
-        model=manifest["model"]["name"],
-        tiny=bool(manifest["model"].get("tiny")),
+        model=model["name"],
+        tiny=bool(model.get("tiny")),
         index_type=manifest["index_type"],
         files=manifest["files"],
         shots=manifest["shots"],

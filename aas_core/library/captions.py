@@ -4,20 +4,31 @@ with SQLite FTS5 BM25, and fetch captioned URLs on demand when a hit is used."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
+import socket
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from aas_core.errors import InputError
-from aas_core.fsutil import atomic_path
-from aas_core.limits import MAX_CAPTION_CHARS
+from aas_core.errors import AASError, InputError, StorageError
+from aas_core.fsutil import atomic_path, human_bytes
+from aas_core.limits import MAX_CAPTION_CHARS, MAX_REMOTE_CLIP_BYTES
+from aas_core.paths import base_name
 
 PATH_COLUMNS = ("path", "url", "contenturl", "file", "video", "videoid")
 CAPTION_COLUMNS = ("caption", "name", "text", "description")
 FETCH_TIMEOUT_S = 30
+"""Seconds one network read of a remote clip may wait."""
+FETCH_DEADLINE_S = 600
+"""Seconds a whole download may take: a server that trickles bytes cannot hold a job forever."""
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+"""Extensions a cache file keeps from its URL; any other becomes .mp4 (the content is probed either way)."""
 RELATIVE_FLOOR = 0.1
 """Caption matches scoring under this share of the best BM25 are dropped (common-word-only matches)."""
 MAX_REPORTED = 20
@@ -179,23 +190,114 @@ def remote_cache(library: Optional[str | os.PathLike[str]] = None) -> Path:
     return LibraryStore(library).path / "remote-cache"
 
 
-def fetch_remote(hit_or_url: Any, library: Optional[str | os.PathLike[str]] = None, timeout: float = FETCH_TIMEOUT_S) -> str:
-    """A local file for a hit (or URL): its own path when local, else the clip downloaded once into the cache."""
-    url = getattr(hit_or_url, "path", hit_or_url)
-    if not is_url(str(url)):
-        return str(url)
-    suffix = Path(urllib.request.urlparse(url).path).suffix.lower() or ".mp4"
-    target = remote_cache(library) / f"{hashlib.sha1(url.encode()).hexdigest()[:20]}{suffix[:8]}"
+def source_url(hit_or_url: Any) -> str:
+    """Where a hit (ClipHit or its dict form) or path comes from: its URL when it is or was remote, else its path."""
+    if isinstance(hit_or_url, dict):
+        return str(hit_or_url.get("url") or hit_or_url.get("path") or "")
+    return str(getattr(hit_or_url, "url", "") or getattr(hit_or_url, "path", hit_or_url))
+
+
+def url_name(url: str) -> str:
+    """The file name a URL's path ends with ('clip' when it has none), for messages; never used as a path."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rstrip("/").rsplit("/", 1)[-1]
+    return base_name(name) if name else "clip"
+
+
+def cached_path(url: str, library: Optional[str | os.PathLike[str]] = None) -> Path:
+    """The cache file of a URL: a hash of the URL plus a known video extension (nothing else of the URL)."""
+    suffix = Path(url_name(url)).suffix.lower()
+    return remote_cache(library) / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix if suffix in VIDEO_SUFFIXES else '.mp4'}"
+
+
+class _WebRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) addresses only (never file:, ftp: or data:)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"redirected to a non-web address ({urllib.parse.urlsplit(newurl).scheme}:)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_FETCHING: dict[Path, threading.Lock] = {}
+_FETCHING_LOCK = threading.Lock()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the server answered HTTP {exc.code} {exc.reason}"
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "no answer within the time limit"
+    return str(reason) or type(reason).__name__
+
+
+def _download(url: str, tmp: Path, name: str, timeout: float, max_bytes: int) -> None:
+    """Stream `url` into `tmp` within `max_bytes` and FETCH_DEADLINE_S (InputError past either)."""
+    too_big = (f"{name} is a remote clip ({url}) of more than {human_bytes(max_bytes)}, the download limit; "
+               "download it yourself, cut it shorter and import a local copy")
+    began = time.monotonic()
+    opener = urllib.request.build_opener(_WebRedirectsOnly)
+    with opener.open(urllib.request.Request(url, headers={"User-Agent": "aas-core"}), timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise InputError(too_big)
+        written = 0
+        with open(tmp, "wb") as fh:
+            while chunk := response.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise InputError(too_big)
+                if time.monotonic() - began > FETCH_DEADLINE_S:
+                    raise TimeoutError(f"the download took longer than {FETCH_DEADLINE_S} s")
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def fetch_remote(hit_or_url: Any, library: Optional[str | os.PathLike[str]] = None, timeout: float = FETCH_TIMEOUT_S,
+                 max_bytes: int = MAX_REMOTE_CLIP_BYTES) -> str:
+    """A local file for a hit (or URL): its own path when local, else the clip downloaded once into the cache.
+
+    Only http(s) URLs; at most `max_bytes`; `timeout` seconds per network read; the download lands in a temp
+    file that becomes the cache file only once it reads as a video. InputError (saying what to do) otherwise.
+    """
+    url = source_url(hit_or_url)
+    if not is_url(url):
+        return url
+    name = url_name(url)
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        raise InputError(f"{url} names no host; fix the URL in the captions file and import it again")
+    target = cached_path(url, library)
     if target.is_file():
         return str(target)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(target, suffix=suffix[:8]) as tmp:
-            with open(tmp, "wb") as fh:
-                while chunk := response.read(1 << 20):
-                    fh.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise InputError(
-            f"could not fetch {url} ({getattr(exc, 'reason', exc)}); this machine may be offline: download the clip "
-            "yourself and import its caption with the local path instead"
-        ) from exc
+    with _FETCHING_LOCK:
+        lock = _FETCHING.setdefault(target, threading.Lock())
+    with lock:  # one download per file at a time; a second caller finds the cache file
+        if target.is_file():
+            return str(target)
+        try:
+            with atomic_path(target, suffix=target.suffix) as tmp:
+                _download(url, tmp, name, timeout, max_bytes)
+                _check_video(tmp, name, url)
+        except (InputError, StorageError):
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            advice = ("check the URL in the captions file" if isinstance(exc, urllib.error.HTTPError)
+                      else "this machine may be offline: connect to the internet")
+            raise InputError(
+                f"{name} is a remote clip ({url}) and could not be downloaded: {_reason(exc)}; {advice}, "
+                "or download the clip yourself and import its caption with the local path"
+            ) from exc
     return str(target)
+
+
+def _check_video(tmp: Path, name: str, url: str) -> None:
+    """InputError unless the downloaded file reads as a video (the temp file is then removed by the caller)."""
+    from aas_core.video_io import probe
+
+    try:
+        probe(tmp)
+    except (AASError, ValueError, OSError) as exc:
+        raise InputError(f"{name} from {url} is not a video this app can read ({str(exc).replace(tmp.name, name)}); "
+                         "check the URL in the captions file or import a local copy") from exc
