@@ -35,7 +35,8 @@ def _card_ids(page) -> list[str]:
 
 
 def test_story_workflow_in_a_real_browser(server: Server, media: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
-    """Example -> reorder -> new take -> a server path refused -> cancelled training keeps outputs -> save, reload, load."""
+    """Example -> reorder -> new take -> a server path refused -> save, reload, load -> cancelled training keeps outputs
+    -> search -> depth settings sent to a shot -> compare."""
     sync_api = pytest.importorskip("playwright.sync_api")
     expect = sync_api.expect
     expect.set_options(timeout=STEP_TIMEOUT_MS)
@@ -128,7 +129,7 @@ def test_story_workflow_in_a_real_browser(server: Server, media: dict[str, Path]
         page.locator("#char-cancel").click()
         expect(page.get_by_text("Nothing is running to cancel.").first).to_be_visible()
 
-        # 7. Clip Library and Compare screenshots for the README.
+        # 7. Clip Library, Motion Structure and Compare screenshots for the README.
         page.get_by_role("tab", name="1. Clip Library").click()
         page.locator("#library-samples").click()
         expect(page.locator("#library-summary")).to_contain_text("Indexed")
@@ -137,6 +138,17 @@ def test_story_workflow_in_a_real_browser(server: Server, media: dict[str, Path]
         page.locator("#library-hits img").first.click()
         expect(page.locator("#library-chosen")).to_contain_text("Selected")
         page.screenshot(path=str(shots / "1-clip-library.png"))
+
+        # 8. Motion Structure: depth of the picked hit, then its settings go to a shot card.
+        page.get_by_role("tab", name="2. Motion Structure").click()
+        page.locator("#depth-run").click()
+        expect(page.locator("#depth-flicker")).to_contain_text("Flicker")
+        page.screenshot(path=str(shots / "2-motion-structure.png"))
+        page.get_by_role("tab", name="4. Story").click()
+        page.locator("#story-shot input").fill("shot-01")
+        page.locator("#story-shot input").press("Enter")
+        page.locator("#story-use-depth").click()
+        expect(page.locator("#card-shot-01").first).to_contain_text("depth depth-anything-v2-small, crop, speed 1")
         page.get_by_role("tab", name="5. Compare").click()
         page.locator("#compare-add").click()
         expect(page.locator("#compare-setting-3")).to_be_visible()

@@ -387,3 +387,28 @@ def test_status_shows_why_each_auto_clip_was_chosen() -> None:
     text = status_markdown(StoryRun(out_dir="x", shots=[auto, pinned]), tiny=False)
     assert "**s1** clip chosen automatically: match 0.312 for the query; long enough: 3.00 s" in text
     assert "**s2** clip chosen" not in text
+
+
+def test_example_story_names_the_sample_character_made_at_once(tmp_path: Path, tiny_root: Path) -> None:
+    """The example's prompts name <bunny>: it is made from the sample stills (instant) when missing, and a visitor's
+    own <bunny> is never replaced; a story without the token makes nothing."""
+    from types import SimpleNamespace
+
+    from aas_core.concepts import list_concepts, load_concept
+    from aas_core.ui.samples import SAMPLE_CHARACTER, sample_photos
+    from aas_core.ui.story import EXAMPLE_TITLE, example_board, sample_character
+    from tests.test_concepts import concept_root
+
+    session = SimpleNamespace(weights_root=concept_root(tiny_root, tmp_path, "ip-adapter-sd15"))
+    story = boards.story_from_board(EXAMPLE_TITLE, example_board(), boards.StorySettings.tiny(), str)
+    assert [c.name for c in story.characters] == [SAMPLE_CHARACTER[0]]
+    assert all(f"<{SAMPLE_CHARACTER[0]}>" in s.prompt for s in story.shots)
+    plain = boards.story_from_board("t", _board(), boards.StorySettings.tiny(), str)
+    assert sample_character(session, plain) is None and list_concepts(session.weights_root) == []
+
+    assert "<bunny>" in (sample_character(session, story) or "")
+    made = load_concept("bunny", session.weights_root)
+    assert made.class_word == "rabbit" and made.method == "ip-adapter" and len(made.photos) == len(sample_photos())
+    stamp = (session.weights_root / "concepts" / "bunny").stat().st_mtime_ns
+    assert sample_character(session, story) is None  # already there: kept as it is
+    assert (session.weights_root / "concepts" / "bunny").stat().st_mtime_ns == stamp

@@ -13,7 +13,7 @@ import gradio as gr
 
 from aas_core.errors import InputError
 from aas_core.ui.common import IMAGE_TYPES, UIContext, files_of, missing_weights, store_uploads, wire_job
-from aas_core.ui.samples import CREDIT, sample_photos
+from aas_core.ui.samples import CREDIT, SAMPLE_CHARACTER, sample_photos
 
 BASE_MODEL = "sd15"
 LOSS_IN_MESSAGE = re.compile(r"step (\d+)/\d+ loss ([-+0-9.eE]+)")
@@ -67,7 +67,7 @@ def _check_name(ctx: UIContext, session: Any, name: str, overwrite: bool) -> str
 
 def fill_sample(ctx: UIContext):
     """The sample character: three stills of the film's rabbit."""
-    return sample_photos(), "bunny", "rabbit"
+    return sample_photos(), *SAMPLE_CHARACTER
 
 
 def refresh(ctx: UIContext, request: gr.Request):

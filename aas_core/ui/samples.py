@@ -21,6 +21,8 @@ SAMPLE_CLIPS: dict[str, tuple[float, float]] = {
 """Cut name -> span (seconds) in the source film."""
 SAMPLE_PHOTOS: dict[str, float] = {"bunny-1.jpg": 1.0, "bunny-2.jpg": 3.0, "bunny-3.jpg": 4.8}
 """Still name -> time (seconds) of the frame the character is cropped from."""
+SAMPLE_CHARACTER = ("bunny", "rabbit")
+"""The sample character made from those stills: its name (the prompt token <bunny>) and class word."""
 SIZE = (320, 180)
 FPS_DIVISOR = 2
 """Keep every second frame: 12.5 fps is plenty for motion retrieval and keeps the files small."""

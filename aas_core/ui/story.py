@@ -35,14 +35,15 @@ from aas_core.ui.common import (
     wire_job,
     with_thumbnails,
 )
-from aas_core.ui.samples import CREDIT, SAMPLE_CLIPS
+from aas_core.ui.samples import CREDIT, SAMPLE_CHARACTER, SAMPLE_CLIPS, sample_photos
 
 EXAMPLE_TITLE = "The bunny wakes up"
 EXAMPLE_TEXT = (
-    "a rabbit comes out of its burrow | a big white rabbit climbs out of a burrow on a sunny meadow | Morning in the meadow\n"
-    "a rabbit stretches its arms | a big white rabbit stretches in the grass, soft morning light | A long stretch\n"
-    "a rabbit yawns | a big white rabbit yawns happily under a tree | Ready for the day"
+    "a rabbit comes out of its burrow | <bunny> climbs out of a burrow on a sunny meadow | Morning in the meadow\n"
+    "a rabbit stretches its arms | <bunny> stretches in the grass, soft morning light | A long stretch\n"
+    "a rabbit yawns | <bunny> yawns happily under a tree | Ready for the day"
 )
+"""The example's prompts name the sample character, made at once from the sample stills when a visitor has none."""
 EXAMPLE_STORIES = [[EXAMPLE_TITLE, EXAMPLE_TEXT],
                    ["Morning", "A boy walks to school. A dog runs after him. They reach the gate together."]]
 RUN_FOLDER = "story"
@@ -377,6 +378,9 @@ def _generate(ctx: UIContext, title: str, board: Any, ids: Optional[list[str]], 
     settings = StorySettings.parse(settings)
     board = boards.normalized(board)
     story = boards.story_from_board(title, board, settings, _resolver(ctx, session), _music(ctx, session, settings))
+    made = sample_character(session, story)
+    if made:
+        gr.Info(made)
     run = _run(ctx, session, story, ids, progress, job)
     done = ids or [c["id"] for c in board]
     board = _record_takes(ctx, session, board, run, settings, done)
@@ -458,11 +462,27 @@ def example_board() -> list[dict[str, Any]]:
     return board
 
 
+def sample_character(session: Any, story: Any) -> Optional[str]:
+    """Make the sample character (instant, from the sample stills) when `story` names it and the visitor has none.
+
+    Returns a line saying so, or None. The example story and a draft of its text then run as they read.
+    """
+    from aas_core.concepts import list_concepts
+    from aas_core.concepts.ip_adapter import make_ip_concept
+
+    name, class_word = SAMPLE_CHARACTER
+    if name not in {c.name for c in story.characters} or name in {c.name for c in list_concepts(session.weights_root)}:
+        return None
+    make_ip_concept(name, class_word, sample_photos(), root=session.weights_root)
+    return f"Made the sample character <{name}> from the sample stills (Characters tab) for this story."
+
+
 def make_example(ctx: UIContext, session: Any, progress: Any) -> tuple[list[dict[str, Any]], Any]:
     """Generate and stitch the example story in `session`; its video and storyboard are kept for later visitors."""
     settings = StorySettings.tiny() if ctx.config.tiny else StorySettings()
     board = example_board()
     story = boards.story_from_board(EXAMPLE_TITLE, board, settings, _resolver(ctx, session))
+    sample_character(session, story)
     run = _run(ctx, session, story, None, progress, "example story")
     board = _record_takes(ctx, session, board, run, settings, [c["id"] for c in board])
     if run.video:
@@ -643,8 +663,10 @@ def cards(ctx: UIContext, parts: StoryParts, board: Any, request: gr.Request) ->
         with gr.Group(elem_classes=["shot-card"], elem_id=f"card-{sid}"):
             take = card["takes"][card["pick"]] if card["pick"] is not None else None
             seed = take.get("seed") if take else card["seed"]
+            depth = card.get("depth")
+            tuned = f" · depth {depth['estimator']}, {depth['fit']}, speed {depth['speed']:g}" if depth else ""
             gr.Markdown(f"**{n + 1}. {sid}** · {card['status']} · seed {'-' if seed is None else seed} · strength "
-                        f"{'default' if card['strength'] in (None, '') else card['strength']}", elem_classes=["card-head"])
+                        f"{'default' if card['strength'] in (None, '') else card['strength']}{tuned}", elem_classes=["card-head"])
             with gr.Row(equal_height=True):
                 thumb = _safe(ctx, session, card.get("thumb")) or _clip_thumb(ctx, session, card["clip"])
                 gr.Image(thumb, label="clip", height=96, min_width=120, show_label=True, interactive=False, container=True,
