@@ -54,7 +54,7 @@ def test_cards_reorder_add_delete() -> None:
 
 
 def test_takes_are_kept_and_picked() -> None:
-    """Each new take is added and picked; an earlier one can be picked back; the stitch story uses the pick's settings."""
+    """Each new take is added and picked; an earlier one can be picked back; stitching takes the pick, not the card's edits."""
     board = _board()
     for seed in (5, 6):
         board = boards.add_take(board, "shot-01", {"video": f"v{seed}.mp4", "seed": seed, "prompt": "old prompt", "clip": "auto",
@@ -62,9 +62,8 @@ def test_takes_are_kept_and_picked() -> None:
     card = boards.find(board, "shot-01")
     assert len(card["takes"]) == 2 and card["pick"] == 1 and card["status"] == "take 2 of 2"
     board = boards.pick(boards.edit(board, "shot-01", "prompt", "new prompt"), "shot-01", 0)
-    story = boards.story_from_board("", board, boards.StorySettings(), str, picked=True)
-    assert [s.id for s in story.shots] == ["shot-01"]
-    assert story.shots[0].seed == 5 and story.shots[0].prompt == "old prompt" and story.shots[0].generate.frames == 8
+    takes = boards.picked_takes(board, boards.StorySettings(), str)
+    assert [(t.shot, t.video, t.prompt) for t in takes] == [("shot-01", "v5.mp4", "old prompt")]
     with pytest.raises(InputError, match="2 takes"):
         boards.pick(board, "shot-01", 7)
 

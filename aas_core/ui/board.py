@@ -25,7 +25,7 @@ SHOT_FIELDS = ("id", "query", "prompt", "caption", "clip", "seed", "strength")
 EDITABLE = ("query", "prompt", "caption", "clip", "seed", "strength")
 _TEXT_LIMITS = {"prompt": MAX_PROMPT_CHARS, "caption": MAX_CAPTION_CHARS, "query": MAX_QUERY_CHARS}
 TAKE_SETTINGS = ("backend", "width", "height", "frames", "steps", "preset")
-"""The story-wide settings a take records (a picked take is remade with exactly these)."""
+"""The story-wide settings a take records beside its files (kept in projects, so a take says how it was made)."""
 APP_STATE_PREFIX = "# animate-a-story app: "
 """First line of a project saved by the app: its extra state (story text, takes, picks) as JSON in a comment,
 so the same file still runs with `python -m aas_core story run`."""
@@ -263,11 +263,10 @@ def set_depth(board: Any, shot_id: str, ref: dict[str, Any], name: str) -> list[
 
 
 def story_from_board(title: str, board: Any, settings: StorySettings, resolve: Callable[[str], str],
-                     music: Optional[str] = None, picked: bool = False) -> Any:
+                     music: Optional[str] = None) -> Any:
     """The runnable Story of a board; every clip resolved with `resolve` (the visitor path guard in the app).
 
-    Blank prompts are refused up front, naming the shots. With `picked`, only shots with a picked take are kept,
-    each with exactly the take's settings, so the runner finds the take in its cache instead of regenerating.
+    Blank prompts are refused up front, naming the shots. (Stitching the picked takes goes through `picked_takes`.)
     """
     from aas_core.story import Character, ClipRef, Defaults, DepthSettings, GenerateSettings, Shot, Story
     from aas_core.story.schema import TOKEN, with_ids
@@ -280,27 +279,17 @@ def story_from_board(title: str, board: Any, settings: StorySettings, resolve: C
         raise InputError(f"write a prompt for {', '.join(blank)} first (or delete {'it' if len(blank) == 1 else 'them'})")
     shots = []
     for card in board:
-        source: dict[str, Any] = card
-        if picked:
-            if card["pick"] is None or not card["takes"]:
-                continue
-            source = {**card, **card["takes"][card["pick"]]}
-        parsed = parse_clip(source["clip"], card["id"])
+        parsed = parse_clip(card["clip"], card["id"])
         clip: Any = "auto" if parsed is None else ClipRef(path=resolve(parsed[0]), start=parsed[1], end=parsed[2])
-        overrides = dict(source.get("settings") or {}) if picked else {}
-        strength = _number(source.get("strength"), "strength", card["id"], float)
-        generate = None
-        if strength is not None or overrides:
-            generate = GenerateSettings(strength=strength, **{k: v for k, v in overrides.items() if k in TAKE_SETTINGS})
-        depth = source.get("depth")
+        strength = _number(card.get("strength"), "strength", card["id"], float)
+        depth = card.get("depth")
         shots.append(Shot(
-            id=card["id"], query=str(card.get("query") or ""), prompt=str(source["prompt"]), caption=str(card.get("caption") or ""),
-            clip=clip, seed=_number(source.get("seed"), "seed", card["id"], int), generate=generate,
+            id=card["id"], query=str(card.get("query") or ""), prompt=str(card["prompt"]), caption=str(card.get("caption") or ""),
+            clip=clip, seed=_number(card.get("seed"), "seed", card["id"], int),
+            generate=None if strength is None else GenerateSettings(strength=strength),
             depth=DepthSettings(estimator=depth.get("estimator"), options={k: v for k, v in depth.items() if k != "estimator" and v is not None})
             if depth else None,
         ))
-    if picked and not shots:
-        raise InputError("no shot has a take yet: generate at least one shot first")
     names = sorted({n for s in shots for n in TOKEN.findall(s.prompt)})
     return with_ids(Story(
         title=title or "",
