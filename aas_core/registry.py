@@ -76,6 +76,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="clip-vit-b-32",
             kind="clip",
             hub_id="laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+            revision="1a25a446712ba5ee05982a381eed697ef9b435cf",
             files=_OPEN_CLIP_FILES,
             license="MIT",
             size_mb=605,
@@ -159,6 +160,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="sd15",
             kind="diffusion",
             hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            revision="f03de327dd89b501a01da37fc5240cf4fdba85a1",
             # Diffusers folders only: no .ckpt, no non-EMA/.bin duplicates, no safety checker; fp32 or the fp16 variant.
             files=_SD15_FILES,
             variants={"fp16": tuple(f.replace(".safetensors", ".fp16.safetensors") for f in _SD15_FILES)},
@@ -198,6 +200,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="wan2.1-vace-1.3b",
             kind="diffusion",
             hub_id="Wan-AI/Wan2.1-VACE-1.3B-diffusers",
+            revision="ec4d2cb062b548996b179d493fdd05340de702a1",
             # The whole tokenizer folder as the hub has it: tokenizer.json is what loads, spiece.model and
             # special_tokens_map.json keep the slow tokenizer and the 300 <extra_id_N> specials intact.
             files=(
@@ -247,6 +250,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="ip-adapter-sd15",
             kind="diffusion",
             hub_id="h94/IP-Adapter",
+            revision="018e402774aeeddd60609b4ecdb7e298259dc729",
             # safetensors only: the repo's .bin/.pth duplicates are pickles and are never fetched.
             files=(
                 "models/ip-adapter_sd15.safetensors",
@@ -287,11 +291,10 @@ REGISTRY: dict[str, ModelSpec] = {
 
 DEFAULT_CLIP = "clip-vit-b-32"
 
-UNPINNED: frozenset[str] = frozenset(
-    {"clip-vit-b-32", "sd15", "wan2.1-vace-1.3b", "ip-adapter-sd15", "animatediff-lightning"}
-)
+UNPINNED: frozenset[str] = frozenset({"animatediff-lightning"})
 """Models fetched at "main": no full commit id of their hub repo was found in the published listings checked.
-Every other entry is pinned to the commit whose file list was verified."""
+Every other entry is pinned to a full commit id seen in published hub pages, resolve URLs or cache snapshot
+paths, with the file names checked against the hub's file list."""
 
 BACKEND_MODELS: dict[str, tuple[str, ...]] = {
     "animatediff": ("sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15"),
