@@ -55,7 +55,7 @@ def test_story_workflow_in_a_real_browser(server: Server, media: dict[str, Path]
         page.locator("#story-final video").wait_for()
         expect(page.locator(CARD)).to_have_count(3)
         assert _card_ids(page) == ["shot-01", "shot-02", "shot-03"]
-        page.screenshot(path=str(shots / "4-story.png"))
+        page.screenshot(path=str(shots / "4-story.png"), full_page=True)
 
         # 2. Reorder: the first card moves down.
         page.locator("#card-shot-01 .card-down").first.click()
@@ -143,6 +143,7 @@ def test_story_workflow_in_a_real_browser(server: Server, media: dict[str, Path]
         page.get_by_role("tab", name="2. Motion Structure").click()
         page.locator("#depth-run").click()
         expect(page.locator("#depth-flicker")).to_contain_text("Flicker")
+        page.locator("#depth-video video").wait_for()
         page.screenshot(path=str(shots / "2-motion-structure.png"))
         page.get_by_role("tab", name="4. Story").click()
         page.locator("#story-shot input").fill("shot-01")

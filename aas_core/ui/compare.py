@@ -17,7 +17,8 @@ from aas_core.limits import MAX_PROMPT_CHARS
 from aas_core.ui.common import GENERATION_MODELS, UIContext, missing_weights, progress_fn, wire_job
 
 MAX_VARIANTS = 4
-METRIC_HEADERS = ["#", "text match", "consistency", "depth adherence", "identity", "seconds", "setting"]
+METRIC_HEADERS = ["#", "text", "steady", "depth", "identity", "s", "setting"]
+"""Short headers so the numbers stay readable at 1366 px; the table's label spells each one out."""
 """Numbers first, the setting's description last: readable at 1366 px."""
 
 
@@ -229,8 +230,10 @@ def render(ctx: UIContext) -> CompareParts:
                 run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="compare-cancel")
         with gr.Column(min_width=320):
-            table = gr.Dataframe(headers=METRIC_HEADERS, type="array", interactive=False, label="Metrics (higher is better; seconds: time)",
-                                 elem_id="compare-metrics", wrap=True, column_widths=["6%", "13%", "14%", "14%", "11%", "10%", "32%"])
+            table = gr.Dataframe(headers=METRIC_HEADERS, type="array", interactive=False, elem_id="compare-metrics", wrap=True,
+                                 label="Metrics, higher is better: text = prompt match, steady = frame consistency, depth = depth "
+                                       "adherence, identity = character likeness; s = seconds",
+                                 column_widths=["5%", "11%", "11%", "11%", "14%", "8%", "40%"])
             grid = gr.Video(label="Side by side: each panel labelled with its setting", autoplay=True, loop=True, elem_id="compare-video")
             note = gr.Markdown(elem_id="compare-note")
     return CompareParts(source, [prompt, concept, seed, frames, side, steps], concept, count, rows, slots, add_btn, remove_btn,

@@ -580,7 +580,8 @@ def render(ctx: UIContext) -> StoryParts:
             with gr.Row():
                 draft_btn = gr.Button("Draft shot list", elem_id="story-draft")
                 plan_btn = gr.Button("Plan with AI", elem_id="story-plan")
-                plan_shots = gr.Number(None, label="Shots (blank: the planner decides)", precision=0, minimum=1,
+                # 0, not blank: a blank Number shows 0 in the browser, which a minimum of 1 would mark invalid.
+                plan_shots = gr.Number(0, label="Shots (0: the planner decides)", precision=0, minimum=0,
                                        maximum=MAX_SHOTS, elem_id="story-plan-shots")
                 example_btn = gr.Button("▶ Run the example story (one click)", elem_id="story-example")
         with gr.Column(scale=1, min_width=280):
