@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from aas_core.library import ClipHit
 from aas_core.story.choose import Need, Span, choose_clips
-from tests.helpers import ensure_tiny, moving_square_frames, write_clip
+from tests.helpers import closed_port, ensure_tiny, moving_square_frames, serve_folder, write_clip
 
 MODELS = ("clip-vit-b-32", "depth-anything-v2-small", "sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15")
 
@@ -90,10 +92,53 @@ def test_clip_similarity_ranks_when_the_library_fused_caption_scores():
     assert choice["s1"].hit["path"] == "/lib/b.mp4" and choice["s1"].reasons[0] == "match 0.300 for the query"
 
 
-def test_remote_hits_are_not_chosen():
-    remote = hit("https://example.org/v.mp4", 0, 0, 0.9, width=0, height=0, remote=True)
-    choice = choose_clips([need("s1")], {"s1": [remote, hit("/lib/a.mp4", 0, 4, 0.1)]})
-    assert choice["s1"].hit["path"] == "/lib/a.mp4" and "not downloaded yet" in choice["s1"].rejected[0]["why"]
+def test_web_clips_rank_by_their_place_in_the_search():
+    web = hit("https://example.org/v.mp4", 0, 0, 0.033, width=0, height=0, remote=True)
+    a, b = hit("/lib/a.mp4", 0, 4, 0.016, clip_score=0.30), hit("/lib/b.mp4", 0, 4, 0.015, clip_score=0.25)
+    # Ranked first by its caption: it scores a step above the best CLIP match below it; its length is unknown yet.
+    first = choose_clips([need("s1")], {"s1": [web, a, b]})["s1"]
+    assert first.hit["path"] == web["path"] and first.fit == pytest.approx(0.33)
+    assert "ranked by its caption" in first.reasons[0] and "length unknown until downloaded" in first.reasons
+    # Ranked last it stays below every CLIP match above it.
+    last = choose_clips([need("s1")], {"s1": [a, b, web]})["s1"]
+    assert last.hit["path"] == "/lib/a.mp4" and last.rejected[-1]["why"] == "lower fit than the chosen clip"
+    # A caption span that is known to be too short is refused like any clip.
+    short = dict(web, end=1.0)
+    assert choose_clips([need("s1")], {"s1": [short, a]})["s1"].rejected[0]["why"].startswith("too short: 1.00 s")
+
+
+def test_chosen_web_clips_are_downloaded_once_or_give_way_to_the_next_candidate(tmp_path):
+    from aas_core.story.choose import _choose_fetching
+
+    web = tmp_path / "web"
+    write_clip(web / "square.mp4", moving_square_frames("yellow", "up", frames=24), fps=8)  # 3 s, 96x64
+    lib, dead = tmp_path / "lib", f"http://127.0.0.1:{closed_port()}"
+    with serve_folder(web) as (base, requests):
+        ok = hit(f"{base}/square.mp4", 0, 2, 0.033, width=0, height=0, remote=True)
+        whole = hit(f"{base}/square.mp4", 0, 0, 0.033, width=0, height=0, remote=True)
+        gone, gone_too = (hit(f"{dead}/{n}.mp4", 0, 0, 0.033, width=0, height=0, remote=True) for n in ("gone", "lost"))
+        a, b, c = (hit(f"/lib/{n}.mp4", 0, 8, 0.016, clip_score=0.3, width=96, height=64) for n in "abc")
+        needs = [need("s1", 2.0, 1.5), need("s2", 2.0, 1.5), need("s3", 2.0, 1.5), need("s4", 5.0, 1.5)]
+        candidates = {"s1": [ok, a], "s2": [gone, b], "s3": [gone_too], "s4": [whole, c]}
+        for _ in range(2):
+            choices, failed = _choose_fetching(needs, candidates, [], str(lib))
+            assert requests["/square.mp4"] == 1  # downloaded once, the second round reads the cache
+        # s1: the web clip, downloaded into the library's cache and used like a library clip.
+        s1 = choices["s1"]
+        assert Path(s1.hit["path"]).parent == lib / "remote-cache" and s1.hit["url"] == ok["path"] and not s1.hit["remote"]
+        assert (s1.hit["start"], s1.hit["end"], s1.hit["width"]) == (0, 2, 96) and any("downloaded from" in r for r in s1.reasons)
+        # s2: offline web clip -> the next (local) candidate, and the reasons say so.
+        s2 = choices["s2"]
+        assert s2.hit["path"] == "/lib/b.mp4" and any("gone.mp4 chosen first could not be downloaded" in r for r in s2.reasons)
+        assert s2.rejected[0]["path"] == gone["path"] and s2.rejected[0]["why"].startswith("gone.mp4 is a remote clip (http://")
+        assert "could not be downloaded" in s2.rejected[0]["why"] and len(failed) == 2
+        # s3: nothing else to take -> keeps the URL, so the run can try once more and fail that shot with the reason.
+        s3 = choices["s3"]
+        assert s3.hit["path"] == gone_too["path"] and s3.hit["remote"] and "could not be downloaded" in s3.reasons[0]
+        assert "fails unless the download works" in s3.reasons[0]
+        # s4: the whole web clip turned out 3 s long once downloaded: too short for 5 s, the local clip is taken.
+        s4 = choices["s4"]
+        assert s4.hit["path"] == "/lib/c.mp4" and s4.rejected[0]["why"].startswith("too short: 3.00 s")
 
 
 def test_no_candidates_gives_no_hit():

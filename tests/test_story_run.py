@@ -12,7 +12,7 @@ from aas_core.errors import InputError
 from aas_core.stitch import StitchShot, timeline
 from aas_core.story import execute_plan, load_story, plan_story, run_story
 from aas_core.video_io import probe
-from tests.helpers import SHARED_CLIPS, ensure_tiny, moving_square_frames, write_clip
+from tests.helpers import SHARED_CLIPS, closed_port, ensure_tiny, moving_square_frames, serve_folder, write_clip
 
 MODELS = ("clip-vit-b-32", "depth-anything-v2-small", "sd15", "animatediff-motion-adapter-v1-5-3", "controlnet-depth-sd15")
 CONCEPT = "story-hero"
@@ -195,6 +195,57 @@ def test_a_failing_shot_does_not_stop_the_others(env, tmp_path):
     assert "doomed.mp4" in result.shots[0].error and (tmp_path / "out" / "shots" / "green" / "error.log").is_file()
     assert probe(result.video).duration == pytest.approx(1.0 + 1.0, abs=0.01)  # title + the surviving shot
     assert "green: " in Path(result.report_md).read_text()
+
+
+WEB_STORY = """
+title: Web clips
+defaults:
+  generate: {width: 64, height: 64, frames: 8, fps: 8, steps: 1, guidance: 0}
+shots:
+SHOTS
+"""
+
+
+def test_remote_auto_clips_are_fetched_once_and_used_or_give_way_offline(env, tmp_path):
+    from aas_core.library import import_captions, index_folder
+
+    root, folder, runtime = env
+    lib, web = tmp_path / "lib", tmp_path / "web"
+    index_folder(folder / "clips", library=lib, weights_root=root, runtime=runtime)  # our own: captions are added to it
+    write_clip(web / "giraffe.mp4", moving_square_frames("yellow", "up", frames=24), fps=8)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    with serve_folder(web) as (base, requests):
+        (tmp_path / "captions.csv").write_text(f"url,caption\n{base}/giraffe.mp4,a giraffe eats leaves\n"
+                                               f"{dead}/zebra.mp4,a zebra crosses the road\n")
+        import_captions(tmp_path / "captions.csv", lib)
+        story = tmp_path / "web.yaml"
+        story.write_text(WEB_STORY.replace("SHOTS", "  - {id: giraffe, query: giraffe leaves, prompt: a giraffe}\n"
+                                                     "  - {id: zebra, query: zebra road, prompt: a zebra}"))
+        for attempt in ("generated", "cached"):
+            result = run_story(story, out_dir=tmp_path / "out", weights_root=root, library=lib, runtime=runtime, metrics=False)
+            assert statuses(result) == [attempt, attempt]
+            assert requests["/giraffe.mp4"] == 1  # fetched once; the second run reads the library's cache
+        giraffe, zebra = result.shots
+        # The web clip was downloaded into the library's remote cache and made the shot like a library clip.
+        assert Path(giraffe.clip["path"]).parent == lib / "remote-cache" and giraffe.clip["retrieved"]
+        assert any(f"downloaded from {base}/giraffe.mp4" in r for r in giraffe.clip["choice"]["reasons"])
+        used = load_story(tmp_path / "out" / "story.yaml").shots[0].clip
+        assert used.path == giraffe.clip["path"] and used.end == pytest.approx(3.0, abs=0.15)  # no span in the row: all of it
+        # The offline one gave way to the next local candidate, and its reasons say which and why.
+        assert Path(zebra.clip["path"]).parent == folder / "clips"
+        assert any("zebra.mp4 chosen first could not be downloaded" in r for r in zebra.clip["choice"]["reasons"])
+        assert any("zebra.mp4 is a remote clip" in r["why"] and "refused" in r["why"] for r in zebra.clip["choice"]["rejected"])
+    # A captions-only library offers nothing but the offline clip: that shot fails with the reason, the other one runs.
+    only = tmp_path / "captions-only"
+    import_captions(tmp_path / "captions.csv", only)
+    story.write_text(WEB_STORY.replace("SHOTS", f"  - {{id: zebra, query: zebra road, prompt: a zebra}}\n"
+                                                f"  - {{id: pinned, prompt: a red square, clip: {folder / 'clips' / 'red.mp4'}}}"))
+    result = run_story(story, out_dir=tmp_path / "out2", weights_root=root, library=only, runtime=runtime, metrics=False)
+    assert statuses(result) == ["failed", "generated"]
+    zebra = result.shots[0]
+    assert zebra.clip["path"] == f"{dead}/zebra.mp4" and "no other candidate was left" in zebra.clip["choice"]["reasons"][0]
+    assert zebra.error.startswith(f"InputError: zebra.mp4 is a remote clip ({dead}/zebra.mp4) and could not be downloaded: ")
+    assert "connect to the internet" in zebra.error and (tmp_path / "out2" / "shots" / "zebra" / "error.log").is_file()
 
 
 def test_every_problem_is_reported_before_any_model_runs(env, tmp_path):

@@ -388,6 +388,57 @@ def test_status_shows_why_each_auto_clip_was_chosen() -> None:
     assert "**s2** clip chosen" not in text
 
 
+def test_web_clip_hits_are_fetched_into_the_visitors_library_when_picked(tmp_path: Path) -> None:
+    """Multi-user: a captioned web clip shows in the galleries with a stand-in image; picking it (Clip Library or a Story
+    candidate) downloads it once into the visitor's own library, where the path guard accepts it; offline, a clear error."""
+    import gradio as gr
+
+    from aas_core.library import import_captions
+    from aas_core.paths import resolve_visitor_path
+    from aas_core.ui import library as library_tab
+    from aas_core.ui import story as story_tab
+    from aas_core.ui.common import UIContext
+    from tests.helpers import closed_port, moving_square_frames, serve_folder, write_clip
+
+    config = _multi(tmp_path)
+    config._ready.set()
+    ctx = UIContext(config=config, sessions=Sessions(config), selected_clip=None, depth_ref=None, concepts_changed=None)
+    visitor, other = (type("Request", (), {"session_hash": name})() for name in ("visitor", "other"))
+    session = ctx.session(visitor)
+    web = tmp_path / "web"
+    write_clip(web / "giraffe.mp4", moving_square_frames("yellow", "up", frames=16), fps=8)
+    dead = f"http://127.0.0.1:{closed_port()}/zebra.mp4"
+    with serve_folder(web) as (base, requests):
+        csv = tmp_path / "captions.csv"
+        csv.write_text(f"url,caption,start,end\n{base}/giraffe.mp4,a giraffe eats leaves,0.5,1.5\n{dead},a zebra crosses the road,,\n")
+        import_captions(csv, session.library)
+        hits, gallery, table, *_ = library_tab.search(ctx, "giraffe leaves", None, 4, 0, visitor)
+        assert [h["path"] for h in hits] == [f"{base}/giraffe.mp4"] and gallery[0][0] == hits[0]["thumbnail"]
+        assert Path(hits[0]["thumbnail"]).is_file() and "giraffe.mp4" in gallery[0][1] and "giraffe.mp4" in table
+        preview, text, clip = library_tab.pick(ctx, hits, visitor, gr.SelectData(None, {"index": 0, "value": None}))
+        cached = session.library / "remote-cache"
+        assert Path(clip["path"]).parent == cached and clip["url"] == f"{base}/giraffe.mp4" and (clip["start"], clip["end"]) == (0.5, 1.5)
+        assert Path(preview).is_file() and "Selected **giraffe.mp4**" in text and "Downloaded from" in text
+        # The guard accepts the download as the visitor's own file, and no other visitor's.
+        assert ctx.resolve(session, clip["path"]) == Path(clip["path"]).resolve()
+        with pytest.raises(InputError, match="not one of your uploads"):
+            ctx.resolve(ctx.session(other), clip["path"])
+        with pytest.raises(InputError, match="not one of your uploads"):
+            resolve_visitor_path(f"{base}/giraffe.mp4", session.folder, config.samples_dir)  # a typed URL is no file
+        # A story candidate: the same web clip becomes the shot's clip under its short name; the cache serves it.
+        board, shot = [boards.new_shot("shot-01", prompt="a giraffe", query="giraffe leaves")], "shot-01"
+        shown, _ = story_tab.find_clips(ctx, board, shot, visitor)
+        assert shown[0]["url"] == f"{base}/giraffe.mp4" and shown[0]["name"] == ""
+        board, _ = story_tab.pick_candidate(ctx, shown, board, shot, gr.SelectData(None, {"index": 0, "value": None}), visitor)
+        name, start, end = boards.parse_clip(boards.find(board, shot)["clip"])
+        assert ctx.resolve(session, name) == Path(clip["path"]).resolve() and (start, end) == (0.5, 1.5)
+        assert requests["/giraffe.mp4"] == 1
+        # Offline: the click says which clip, why, and what to do.
+        zebra, *_ = library_tab.search(ctx, "zebra road", None, 4, 0, visitor)
+        with pytest.raises(InputError, match=r"zebra.mp4 is a remote clip \(http://127.0.0.1:\d+/zebra.mp4\) and could not be downloaded"):
+            library_tab.pick(ctx, zebra, visitor, gr.SelectData(None, {"index": 0, "value": None}))
+
+
 def test_example_story_names_the_sample_character_made_at_once(tmp_path: Path, tiny_root: Path) -> None:
     """The example's prompts name <bunny>: it is made from the sample stills (instant) when missing, and a visitor's
     own <bunny> is never replaced; a story without the token makes nothing."""

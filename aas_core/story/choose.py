@@ -25,6 +25,10 @@ ASPECT_WEIGHT = 0.05
 about the gap between neighbouring CLIP matches, so shape decides only between near-equal matches."""
 SAME_SOURCE_PENALTY = 0.02
 """Fit lost per shot already using another span of the same file (diversity across the story)."""
+CAPTION_STEP = 0.03
+"""CLIP-scale score a caption-only hit (a web clip) gets over the best library hit the search ranked below it:
+about the gap between neighbouring CLIP matches, so a web clip ranked first keeps its place unless its shape
+is far off the output's."""
 MIN_OVERLAP = 0.05
 """Seconds two spans of one file must share to count as the same footage (cut points jitter by a frame)."""
 
@@ -97,13 +101,37 @@ def _aspect(hit: dict[str, Any]) -> Optional[float]:
     return width / height if width > 0 and height > 0 else None
 
 
-def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span]) -> tuple[Optional[str], float, list[str]]:
-    """(why it does not fit or None, base fit, reasons it fits)."""
-    if hit.get("remote"):
-        return "a captioned web video not downloaded yet (aas_core.library.fetch_remote fetches it)", 0.0, []
+def _comparable_scores(hits: Sequence[dict[str, Any]]) -> list[float]:
+    """Each hit's score on the CLIP scale the weights above assume.
+
+    A caption-only hit (a web clip not downloaded yet) has no CLIP score; the search ranked it by its caption, so
+    it scores CAPTION_STEP above the best hit ranked below it, never above a hit ranked above it. With no CLIP
+    score anywhere (a caption-only library), the search's own scores are compared.
+    """
+    clip = [None if h.get("clip_score") is None else float(h["clip_score"]) for h in hits]
+    if all(c is None for c in clip):
+        return [float(h.get("score", 0.0)) for h in hits]
+    out = []
+    for i, score in enumerate(clip):
+        above = [c for c in clip[:i] if c is not None]
+        below = [c for c in clip[i + 1:] if c is not None]
+        if score is None:
+            score = max(below) + CAPTION_STEP if below else min(above) - CAPTION_STEP
+            score = min([score, *above])
+        out.append(score)
+    return out
+
+
+def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span], score: float) -> tuple[Optional[str], float, list[str]]:
+    """(why it does not fit or None, base fit, reasons it fits); `score` is the hit's comparable score."""
+    remote = bool(hit.get("remote"))
     duration = float(hit["end"]) - float(hit["start"])
-    if duration + 1e-6 < need.seconds:
+    if remote and duration <= 0:
+        length = "length unknown until downloaded"  # a caption row without start/end: the whole web clip
+    elif duration + 1e-6 < need.seconds:
         return f"too short: {duration:.2f} s for a {need.seconds:.2f} s shot", 0.0, []
+    else:
+        length = f"long enough: {duration:.2f} s for a {need.seconds:.2f} s shot"
     # The library's motion class (still/slow/fast) when it measured one; hits of older libraries have none.
     label, motion = hit.get("motion_class") or "", float(hit.get("motion") or 0.0)
     if label == "still":
@@ -111,9 +139,8 @@ def _assess(need: Need, hit: dict[str, Any], pinned: Sequence[Span]) -> tuple[Op
     for span in pinned:
         if span.overlaps(_span(hit)):
             return f"footage pinned by {span.owner}", 0.0, []
-    # The CLIP cosine, on the scale the weights above assume; a fused (caption) rank score only when there is none.
-    score = float(hit["clip_score"] if hit.get("clip_score") is not None else hit.get("score", 0.0))
-    reasons = [f"match {score:.3f} for the query", f"long enough: {duration:.2f} s for a {need.seconds:.2f} s shot"]
+    reasons = [f"match {score:.3f} for the query" + (" (ranked by its caption; a web clip, downloaded when chosen)" if remote else ""),
+               length]
     fit = score
     aspect = _aspect(hit)
     if aspect is not None:
@@ -138,7 +165,7 @@ def choose_clips(
     # 1. Assess every candidate of every shot against that shot's needs.
     hits = {n.id: [_as_dict(h) for h in candidates.get(n.id, ())] for n in needs}
     assessed: dict[str, list[tuple[Optional[str], float, list[str]]]] = {
-        n.id: [_assess(n, h, pinned) for h in hits[n.id]] for n in needs
+        n.id: [_assess(n, h, pinned, score) for h, score in zip(hits[n.id], _comparable_scores(hits[n.id]))] for n in needs
     }
     # 2. Greedy over all shots at once: the best remaining (shot, candidate) pair, diversity-adjusted, each round.
     spans = {n.id: [_span(h) for h in hits[n.id]] for n in needs}
@@ -250,7 +277,12 @@ def choose_story_clips(
     runtime: Any = None,
     on_progress: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """({shot id: the chosen hit + its query + `choice` (reasons)}, {shot id: why it has no clip})."""
+    """({shot id: the chosen hit + its query + `choice` (reasons)}, {shot id: why it has no clip}).
+
+    A chosen web clip (a captioned URL) is downloaded into the library's remote cache and the choice made again
+    with its real length and shape; one that cannot be downloaded gives way to the next candidate, and a shot
+    left with none keeps the URL (the runner tries once more and fails that shot with the reason).
+    """
     from aas_core.errors import InputError
     from aas_core.progress import report
 
@@ -263,7 +295,7 @@ def choose_story_clips(
         except InputError as exc:
             problems[shot.need.id] = f"retrieval: {exc}"
     searched = [s for s in shots if s.need.id in candidates]
-    choices = choose_clips([s.need for s in searched], candidates, pinned)
+    choices, failed = _choose_fetching([s.need for s in searched], candidates, pinned, library, on_progress)
     chosen = {}
     for shot in searched:
         choice = choices[shot.need.id]
@@ -273,3 +305,59 @@ def choose_story_clips(
             continue
         chosen[shot.need.id] = {**choice.hit, "query": shot.query, "choice": choice.to_dict()}
     return chosen, problems
+
+
+def _choose_fetching(needs: Sequence[Need], candidates: Mapping[str, Sequence[dict[str, Any]]], pinned: Sequence[Span],
+                     library: Optional[str], on_progress: Any = None) -> tuple[dict[str, Choice], dict[str, str]]:
+    """`choose_clips`, with every chosen web clip downloaded (then chosen again, as a local clip) or dropped."""
+    from aas_core import library as lib
+    from aas_core.errors import InputError
+    from aas_core.progress import report
+
+    fetched: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    tried: dict[str, list[str]] = {}
+    while True:
+        usable = {sid: [fetched.get(_remote_key(h), h) for h in hits if _remote_key(h) not in failed]
+                  for sid, hits in candidates.items()}
+        choices = choose_clips(needs, usable, pinned)
+        todo = {sid: c.hit for sid, c in choices.items() if c.hit is not None and c.hit.get("remote")}
+        if not todo:
+            break
+        # Each round downloads or drops every chosen web clip, so the loop ends.
+        for sid, hit in todo.items():
+            key = _remote_key(hit)
+            tried.setdefault(sid, []).append(key)
+            if key in fetched or key in failed:
+                continue
+            report(on_progress, 0.99, f"downloading {lib.url_name(str(hit['path']))}")
+            try:
+                fetched[key] = lib.fetch_hit(hit, library)
+            except InputError as exc:
+                failed[key] = str(exc)
+    for need in needs:
+        _explain_downloads(choices[need.id], candidates.get(need.id, ()), failed, tried.get(need.id, []))
+    return choices, failed
+
+
+def _remote_key(hit: dict[str, Any]) -> str:
+    """A web clip's identity (URL and caption span); '' for library clips."""
+    return f"{hit['path']}|{hit['start']}|{hit['end']}" if hit.get("remote") else ""
+
+
+def _explain_downloads(choice: Choice, hits: Sequence[dict[str, Any]], failed: Mapping[str, str], tried: Sequence[str]) -> None:
+    """Say in the choice which web clips were downloaded or could not be; with nothing else left, keep the best of those."""
+    lost = [h for h in hits if _remote_key(h) in failed]
+    if choice.hit is not None and choice.hit.get("url"):
+        choice.reasons.append(f"downloaded from {choice.hit['url']} (kept in the library's remote-cache)")
+    if choice.hit is None and lost:
+        # No local clip to fall back on: keep the web clip; the run tries it again and fails this shot with the reason.
+        choice.hit, lost = lost[0], lost[1:]
+        choice.reasons = [f"{failed[_remote_key(choice.hit)]}; no other candidate was left for this shot, so it fails "
+                          "unless the download works when the shot runs"]
+    elif choice.hit is not None:
+        given_up = [h for h in lost if _remote_key(h) in tried]
+        if given_up:
+            names = ", ".join(dict.fromkeys(str(h["path"]) for h in given_up))
+            choice.reasons.append(f"the next candidate: the web clip {names} chosen first could not be downloaded (see rejected)")
+    choice.rejected += [_brief(h, failed[_remote_key(h)]) for h in lost]

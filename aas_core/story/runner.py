@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from aas_core.errors import AASError, Cancelled, InputError
 from aas_core.fsutil import atomic_write_bytes, exclusive, file_digest, json_digest, sweep_temps
+from aas_core.library.captions import fetch_remote, is_url, url_name
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import DEFAULT_CLIP
 from aas_core.story.assembly import assemble
@@ -220,9 +221,11 @@ def plan_story(
             problems.append(_error_at(s.shot, s.index, missing[s.shot.id]))
             continue
         if retrieval is not None:
-            s.clip = ClipRef(path=retrieval["path"], start=retrieval["start"], end=retrieval["end"])
+            # A web clip that could not be downloaded keeps its URL (no end = the whole clip): the run tries again.
+            end = retrieval["end"] if retrieval["end"] > retrieval["start"] else None
+            s.clip = ClipRef(path=retrieval["path"], start=retrieval["start"], end=end)
         assert isinstance(s.clip, ClipRef)
-        if not Path(s.clip.path).is_file():
+        if not is_url(s.clip.path) and not Path(s.clip.path).is_file():
             problems.append(_error_at(s.shot, s.index, f"clip {s.clip.path} is missing; re-index the library or choose another clip"))
             continue
         plans.append(_shot_plan(story, s, s.clip, retrieval, aliases, concept_ids))
@@ -289,7 +292,7 @@ def _stage(story: Story, shot: Shot, index: int, aliases: dict[str, str], base: 
     clip: Union[ClipRef, str, None] = shot.clip
     if isinstance(clip, str) and clip != "auto":
         clip = ClipRef(path=clip)
-    if isinstance(clip, ClipRef):
+    if isinstance(clip, ClipRef) and not is_url(clip.path):
         path = _resolve(base, clip.path)
         info = probe(path)
         if clip.start >= info.duration:
@@ -324,7 +327,8 @@ def _shot_plan(story: Story, staged: _Staged, clip: ClipRef, retrieval: Optional
     key = json_digest({
         "v": CACHE_VERSION,
         "spec": spec.to_dict(),
-        "clip": {"sha256": source_digest(clip.path), "start": clip.start, "end": clip.end},
+        "clip": {"url" if is_url(clip.path) else "sha256": clip.path if is_url(clip.path) else source_digest(clip.path),
+                 "start": clip.start, "end": clip.end},
         "depth": depth,
         "concepts": {c: concept_ids[c] for c in concepts},
         "weights": staged.weights,
@@ -436,7 +440,13 @@ def _execute_shot(plan: StoryPlan, shot: ShotPlan, only: Optional[Sequence[str]]
     folder = _shot_dir(plan, shot)
     if only and shot.id not in only and read_json(folder / DONE_FILE) is None:
         return _outcome(shot, "skipped")
-    made = run_shot(shot.request(), folder, weights_root=plan.weights_root, runtime=runtime,
+    request = shot.request()
+    if is_url(request.clip.path):
+        # A web clip (not downloadable when the story was planned): fetched into the library's cache, or this shot fails.
+        progress(0.0, f"downloading {url_name(request.clip.path)}")
+        local = fetch_remote(request.clip.path, plan.story.library)
+        request = dataclasses.replace(request, clip=ClipRef(path=local, start=request.clip.start, end=request.clip.end))
+    made = run_shot(request, folder, weights_root=plan.weights_root, runtime=runtime,
                     depth_cache=plan.out_dir / "cache" / "depth", metrics=metrics, clip_model=clip_model,
                     on_progress=progress, cancel=cancel)
     return _made(shot, made)

@@ -310,9 +310,26 @@ def hit_details(hit: dict[str, Any], caption_chars: int = 80) -> str:
     return " · ".join(parts)
 
 
-def with_thumbnails(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The hits a gallery can show (remote caption hits have no thumbnail); the gallery's click index points into these."""
-    return [h for h in hits if h.get("thumbnail")]
+def with_thumbnails(hits: list[dict[str, Any]], placeholder: Optional[str] = None) -> list[dict[str, Any]]:
+    """The hits a gallery can show; the gallery's click index points into these. Remote caption hits have no
+    thumbnail: they show `placeholder` (see `web_clip_thumbnail`), or are left out without one."""
+    return [h if h.get("thumbnail") else {**h, "thumbnail": placeholder} for h in hits
+            if h.get("thumbnail") or (placeholder and h.get("remote"))]
+
+
+def web_clip_thumbnail(session: Session) -> str:
+    """The gallery image of a web clip not downloaded yet (clicking it downloads it), made once in the visitor's outputs."""
+    from PIL import Image, ImageDraw
+
+    from aas_core.fsutil import atomic_path
+
+    out = session.outputs / "thumbs" / "web-clip.png"
+    if not out.is_file():
+        image = Image.new("RGB", (160, 90), (48, 52, 64))
+        ImageDraw.Draw(image).text((14, 38), "web clip: click to fetch", fill=(235, 235, 235))
+        with atomic_path(out, suffix=".png") as tmp:
+            image.save(tmp)
+    return str(out)
 
 
 def search_library(ctx: UIContext, session: Session, query: Optional[str], **options: Any) -> list[Any]:

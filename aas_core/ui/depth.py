@@ -13,6 +13,7 @@ import gradio as gr
 
 from aas_core.depth import DEFAULT_ESTIMATOR, DEFAULT_SMOOTHING, ESTIMATORS, FIT_MODES
 from aas_core.errors import InputError
+from aas_core.library.captions import fetch_remote
 from aas_core.ui.common import VIDEO_TYPES, UIContext, missing_weights, progress_fn, store_uploads, wire_job
 
 
@@ -51,7 +52,9 @@ def extract(ctx: UIContext, clip: Optional[dict], uploaded: Any, t0: Optional[fl
     if uploaded:
         path = store_uploads(ctx, session, "depth", uploaded)[0]
     elif clip:
-        path = ctx.resolve(session, clip["path"])
+        if clip.get("url") and not Path(clip["path"]).is_file():
+            clip = {**clip, "path": fetch_remote(clip["url"], session.library)}  # its download was removed: fetched again
+        path = ctx.resolve(session, clip["path"])  # a fetched web clip lies in the visitor's library folder
     else:
         raise InputError("no clip yet: click a hit in Clip Library or upload a clip above")
     depth = depth_from_clip(
@@ -64,7 +67,8 @@ def extract(ctx: UIContext, clip: Optional[dict], uploaded: Any, t0: Optional[fl
     written = write_previews(depth, folder)
     depth.save(folder)
     ref = {"path": str(path), "start": depth.span[0], "end": depth.span[1], "estimator": model, "fit": fit_mode,
-           "speed": float(rate), "smoothing": float(sigma), "frames": int(count), "size": [int(w), int(h)], "label": Path(path).name}
+           "speed": float(rate), "smoothing": float(sigma), "frames": int(count), "size": [int(w), int(h)],
+           "label": clip["label"] if clip and not uploaded else Path(path).name}
     return str(written.get("side_by_side", written["depth"])), str(written["contact_sheet"]), flicker_markdown(depth), ref
 
 

@@ -10,7 +10,8 @@ from typing import Any, Optional
 import gradio as gr
 
 from aas_core.errors import InputError
-from aas_core.library import CLIP_MODELS
+from aas_core.library import CLIP_MODELS, fetch_hit
+from aas_core.library.captions import url_name
 from aas_core.limits import MAX_QUERY_CHARS
 from aas_core.registry import DEFAULT_CLIP
 from aas_core.ui.common import (
@@ -21,6 +22,7 @@ from aas_core.ui.common import (
     progress_fn,
     search_library,
     store_uploads,
+    web_clip_thumbnail,
     wire_job,
     with_thumbnails,
 )
@@ -30,10 +32,16 @@ EXAMPLE_QUERIES = ["a rabbit comes out of its burrow", "a big rabbit stretches",
 
 
 def hit_label(hit: dict[str, Any]) -> str:
-    """Gallery caption of a search hit: rank, score, span, file name; motion and caption when known."""
+    """Gallery caption of a search hit: rank, score, span, file name (a web clip's own); motion and caption when known."""
     details = hit_details(hit)
-    return (f"#{hit['rank']} · score {hit['score']:.3f} · {hit['start']:.1f}–{hit['end']:.1f} s · {Path(hit['path']).name}"
+    return (f"#{hit['rank']} · score {hit['score']:.3f} · {hit['start']:.1f}–{hit['end']:.1f} s · {clip_name(hit)}"
             + (f" · {details}" if details else ""))
+
+
+def clip_name(hit: dict[str, Any]) -> str:
+    """A hit's file name: a web clip's name in its URL (also once downloaded under a hash name)."""
+    url = hit.get("url") or (hit["path"] if hit.get("remote") else "")
+    return url_name(url) if url else Path(hit["path"]).name
 
 
 def hits_markdown(hits: list[dict[str, Any]], note: str = "") -> str:
@@ -122,16 +130,20 @@ def search(ctx: UIContext, text: str, image_path: Optional[str], count: float, s
     hits = search_library(ctx, session, text if not image_path else None, k=int(count), image=image_path,
                           min_duration=float(shortest or 0.0))
     found = [h.to_dict() for h in hits]
-    shown = with_thumbnails(found)
+    shown = with_thumbnails(found, web_clip_thumbnail(session))
     return shown, [(h["thumbnail"], hit_label(h)) for h in shown], hits_markdown(found, note), None, "No clip selected yet.", None
 
 
 def pick(ctx: UIContext, hits: list[dict[str, Any]], request: gr.Request, evt: gr.SelectData):
-    """A clicked hit plays and becomes the clip of Motion Structure, Compare and the Story's 'use' button."""
+    """A clicked hit plays and becomes the clip of Motion Structure, Compare and the Story's 'use' button.
+
+    A web clip (captioned URL) is downloaded first, once, into the visitor's library (its remote-cache)."""
     hit = hits[evt.index]
     session = ctx.session(request)
-    clip = {"path": hit["path"], "start": hit["start"], "end": hit["end"], "label": hit_label(hit)}
-    text = (f"Selected **{Path(hit['path']).name}** {hit['start']:.2f}–{hit['end']:.2f} s (score {hit['score']:.3f}). "
+    hit = fetch_hit(hit, session.library)
+    clip = {"path": hit["path"], "start": hit["start"], "end": hit["end"], "label": hit_label(hit), "url": hit.get("url", "")}
+    fetched = f" Downloaded from {hit['url']}." if hit.get("url") else ""
+    text = (f"Selected **{clip_name(hit)}** {hit['start']:.2f}–{hit['end']:.2f} s (score {hit['score']:.3f}).{fetched} "
             "It is ready in *Motion Structure*, *Compare* and the Story's 'Use the Clip Library pick'.")
     return shot_preview(hit, session.outputs), text, clip
 

@@ -17,6 +17,7 @@ import gradio as gr
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.errors import InputError
 from aas_core.generate import BACKENDS, PRESETS
+from aas_core.library import fetch_hit
 from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_TITLE_CHARS
 from aas_core.stitch import TRANSITIONS
 from aas_core.story.schema import MAX_SHOTS
@@ -32,6 +33,7 @@ from aas_core.ui.common import (
     progress_fn,
     search_library,
     store_uploads,
+    web_clip_thumbnail,
     wire_job,
     with_thumbnails,
 )
@@ -337,8 +339,9 @@ def find_clips(ctx: UIContext, board: Any, shot_id: str, request: gr.Request):
     if not query.strip():
         raise InputError(f"{card['id']} has no query or prompt to search with; write one first")
     session = ctx.session(request)
-    hits = with_thumbnails([h.to_dict() for h in search_library(ctx, session, query, k=6)])
-    shown = [{"name": ctx.show(session, h["path"]), "start": h["start"], "end": h["end"], "thumbnail": h["thumbnail"],
+    hits = with_thumbnails([h.to_dict() for h in search_library(ctx, session, query, k=6)], web_clip_thumbnail(session))
+    shown = [{"name": "" if h["remote"] else ctx.show(session, h["path"]), "url": h["path"] if h["remote"] else "",
+              "start": h["start"], "end": h["end"], "thumbnail": h["thumbnail"],
               "label": " · ".join(p for p in (f"#{h['rank']} · {h['score']:.3f} · {h['start']:.1f}-{h['end']:.1f} s · {Path(h['path']).name}",
                                               hit_details(h)) if p)} for h in hits]
     if not shown:
@@ -350,6 +353,10 @@ def pick_candidate(ctx: UIContext, hits: list, board: Any, shot_id: str, evt: gr
     """A clicked candidate becomes the shot's clip."""
     hit = hits[evt.index]
     session = ctx.session(request)
+    if hit.get("url"):  # a web clip: downloaded once into the visitor's library, then used like a library clip
+        got = fetch_hit({"path": hit["url"], "start": hit["start"], "end": hit["end"], "remote": True}, session.library)
+        hit = {**hit, "name": ctx.show(session, ctx.resolve(session, got["path"])), "start": got["start"], "end": got["end"],
+               "thumbnail": None}
     thumb = ctx.show(session, hit["thumbnail"]) if hit.get("thumbnail") else None
     return boards.set_clip(board, shot_id, hit["name"], hit["start"], hit["end"], thumb), time.time()
 
