@@ -233,7 +233,7 @@ def render(ctx: UIContext) -> CompareParts:
             table = gr.Dataframe(headers=METRIC_HEADERS, type="array", interactive=False, elem_id="compare-metrics", wrap=True,
                                  label="Metrics, higher is better: text = prompt match, steady = frame consistency, depth = depth "
                                        "adherence, identity = character likeness; s = seconds",
-                                 column_widths=["5%", "11%", "11%", "11%", "14%", "8%", "40%"])
+                                 column_widths=["5%", "11%", "13%", "11%", "14%", "7%", "39%"])
             grid = gr.Video(label="Side by side: each panel labelled with its setting", autoplay=True, loop=True, elem_id="compare-video")
             note = gr.Markdown(elem_id="compare-note")
     return CompareParts(source, [prompt, concept, seed, frames, side, steps], concept, count, rows, slots, add_btn, remove_btn,
