@@ -392,6 +392,7 @@ def test_remote_hits_are_fetched_once_and_used_like_library_clips(tmp_path):
 
 def test_remote_fetch_refusals_leave_nothing_behind(tmp_path):
     import http.server
+    import time
 
     from aas_core.library import fetch_remote
 
@@ -425,6 +426,16 @@ def test_remote_fetch_refusals_leave_nothing_behind(tmp_path):
         def log_message(self, *args) -> None:
             pass
 
+    class Silent(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(3)  # longer than the read timeout below
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serve(Silent) as base:
+        with pytest.raises(InputError, match="slow.mp4 is a remote clip .* could not be downloaded: no answer within the time limit"):
+            fetch_remote(f"{base}/slow.mp4", lib, timeout=1)
     with serve(ToFile) as base:
         with pytest.raises(InputError, match="non-web address"):
             fetch_remote(f"{base}/ftp.mp4", lib)

@@ -226,7 +226,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         return f"the server answered HTTP {exc.code} {exc.reason}"
     reason = getattr(exc, "reason", None) or exc
-    if isinstance(reason, (TimeoutError, socket.timeout)):
+    if isinstance(reason, (TimeoutError, socket.timeout)) and str(reason) in ("", "timed out"):
         return "no answer within the time limit"
     return str(reason) or type(reason).__name__
 
