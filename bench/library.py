@@ -62,32 +62,119 @@ print(t2 - t0, t2 - t1, len(hits))
 """
 
 
-def bench_one_size(size: int, budget_gb: float, work: Path) -> dict:
-    """Build a `size`-shot library under the budget and measure it (run in its own process: peak RSS is per size)."""
-    from aas_core.library import _forget, search
-    from aas_core.library.reader import FoundFile
-    from aas_core.library.store import LibraryStore, ModelStamp
-    from aas_core.library.vector_index import exact_search
+def progress(message: str) -> None:
+    """One progress line on stderr (time, load average, peak RSS so far): long runs show where they are."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f} rss {rss:.2f} GB] {message}", file=sys.stderr, flush=True)
 
-    lib = work / f"lib-{size}"
-    shutil.rmtree(lib, ignore_errors=True)
+
+def load_library(size: int, lib: Path, keep: bool) -> float:
+    """Stream `size` synthetic shots into a new library at `lib` (bulk path); returns seconds.
+
+    With `keep`, a library left by an earlier --keep run with exactly `size` shots is reused and the
+    seconds it took are read back from its side file (the load is then not re-timed)."""
+    from aas_core.library.store import LibraryStore, ModelStamp
+
+    side = lib.with_suffix(".load.json")
     store = LibraryStore(lib)
+    if keep and side.is_file():
+        db = store.open_live()
+        shots = db.counts()[1] if db is not None else -1
+        if db is not None:
+            db.close()
+        if size <= shots <= size + 20:  # + the clip an earlier measurement added
+            progress(f"reusing {lib} ({shots} shots, loaded in an earlier run)")
+            return float(json.loads(side.read_text())["load_s"])
+    shutil.rmtree(lib, ignore_errors=True)
+    side.unlink(missing_ok=True)
     db = store.create_first(ModelStamp("clip-vit-b-32", "synthetic", DIM, False))
     t0 = time.perf_counter()
     for chunk in range(0, size, CHUNK):
         n = min(CHUNK, size - chunk)
-        shots = [{"start": 2.0 * s, "end": 2.0 * s + 2.0, "fps": 25.0, "width": 640, "height": 360, "frames_sampled": 4}
-                 for s in range(SHOTS_PER_FILE)]
-        files = [(f"/synthetic/{(chunk + j) // SHOTS_PER_FILE:08d}.mp4", shots) for j in range(0, n, SHOTS_PER_FILE)]
+        shots_of_file = [{"start": 2.0 * s, "end": 2.0 * s + 2.0, "fps": 25.0, "width": 640, "height": 360, "frames_sampled": 4}
+                         for s in range(SHOTS_PER_FILE)]
+        files = [(f"/synthetic/{(chunk + j) // SHOTS_PER_FILE:08d}.mp4", shots_of_file) for j in range(0, n, SHOTS_PER_FILE)]
         db.bulk_add(files, synthetic_chunk(chunk // CHUNK, n))
+        if (chunk // CHUNK) % 10 == 9:
+            progress(f"loaded {chunk + n} shots in {time.perf_counter() - t0:.0f} s")
+    db.close()
     load_s = time.perf_counter() - t0
-    db.compact(memory_budget=int(budget_gb * (1 << 30)))
-    build_s = time.perf_counter() - t0
+    side.write_text(json.dumps({"load_s": load_s, "load_avg": os.getloadavg()[0]}))
+    return load_s
+
+
+def probe_sweep(db, q: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """Recall@10 and p50 of the store's own search (no metadata) at other probe counts than the rule's, for tuning it."""
+    import faiss
+
+    base = db._base
+    quantizer = faiss.downcast_index(base.quantizer)
+    hnsw = isinstance(quantizer, faiss.IndexHNSW)
+    settings = [(base.nprobe, quantizer.hnsw.efSearch if hnsw else 0)]
+    settings += [(p, 4 * p if hnsw else 0) for p in (32, 64, 128, 256) if (p, 4 * p if hnsw else 0) != settings[0]]
+    rows = []
+    for nprobe, beam in settings:
+        base.nprobe = nprobe
+        if hnsw:
+            quantizer.hnsw.efSearch = beam
+        latencies, recalls = [], []
+        for row, exact in zip(q, truth):
+            t = time.perf_counter()
+            ids = db.search_vectors(row, 10)[1][:10]
+            latencies.append((time.perf_counter() - t) * 1000)
+            recalls.append(len(set(ids.tolist()) & set(exact.tolist())) / 10)
+        rows.append({"nprobe": nprobe, "ef": beam, "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                     "recall@10": round(float(np.mean(recalls)), 3)})
+        progress(f"sweep {rows[-1]}")
+    base.nprobe, = settings[0][:1]
+    if hnsw:
+        quantizer.hnsw.efSearch = settings[0][1]
+    return rows
+
+
+def bench_one_size(size: int, budget_gb: float, work: Path, keep: bool = False, load_only: bool = False) -> dict:
+    """Build a `size`-shot library under the budget and measure it (run in its own process: peak RSS is per size)."""
+    import faiss
+
+    from aas_core.library import _forget, search
+    from aas_core.library.reader import FoundFile
+    from aas_core.library.store import LibraryStore
+    from aas_core.library.vector_index import choose_index_type, exact_search
+
+    lib = work / f"lib-{size}"
+    store = LibraryStore(lib)
+    load_s = load_library(size, lib, keep)
+    progress(f"load done ({load_s:.0f} s)")
+    if load_only:
+        return {"shots": size, "load_s": round(load_s, 1), "rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
+                "load_avg": os.getloadavg()[0]}
+    db = store.open_live()
+    side = lib.with_suffix(".load.json")
+    facts = json.loads(side.read_text()) if side.is_file() else {}
+    planned = choose_index_type(size, DIM, int(budget_gb * (1 << 30)))
+    reused = keep and "compact_s" in facts and db.get_meta("index_type") == planned and int(db.get_meta("trained_count", 0)) >= size
+    if reused:
+        compact_s = float(facts["compact_s"])
+        progress(f"reusing the {planned} index compacted in an earlier run ({compact_s:.0f} s)")
+    else:
+        t0 = time.perf_counter()
+        db.compact(memory_budget=int(budget_gb * (1 << 30)))
+        compact_s = time.perf_counter() - t0
+        facts["compact_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+        if keep:
+            side.write_text(json.dumps({**facts, "compact_s": compact_s}))
+    build_s = load_s + compact_s
     kind = db.get_meta("index_type")
+    progress(f"compact done: {kind} in {compact_s:.0f} s")
     q = queries()
     db.refresh()
-    truth = exact_search(db._segments, q, 10)[1]  # streamed over the stored vectors, chunk by chunk
+    params = {"nlist": int(db._base.nlist), "nprobe": int(db._base.nprobe),
+              "quantizer": type(faiss.downcast_index(db._base.quantizer)).__name__} if db._base is not None else {}
+    truth = exact_search(db._segments, q, 10)[1]  # streamed over the stored vectors, chunk by chunk (plain reads)
+    progress("exact top-10 done")
+    sweep = probe_sweep(db, q, truth) if db._base is not None else []
     db.close()
+    del db  # unmaps its index: the public search below maps its own, and mapped pages count in RSS
     _forget(store)
     # Latency and recall through the public API (metadata lookup included).
     search(vector=q[0], k=10, library=lib)
@@ -108,6 +195,7 @@ def bench_one_size(size: int, budget_gb: float, work: Path) -> dict:
     add_one_s = time.perf_counter() - t
     db.close()
     _forget(store)
+    progress(f"searched 200 queries, added one clip in {add_one_s:.2f} s")
     found = search(vector=new[3], k=1, library=lib)[0].path == "/synthetic/new-clip.mp4"
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
     # A fresh process's first search (imports, opening the store, mapping the index, one query).
@@ -115,12 +203,15 @@ def bench_one_size(size: int, budget_gb: float, work: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", COLD, str(lib), str(work / "q.npy")], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.split()
     disk_gb = sum(p.stat().st_size for p in lib.rglob("*") if p.is_file()) / (1 << 30)
-    row = {"shots": size, "memory_budget_gb": budget_gb, "index": kind, "load_s": round(load_s, 1), "build_s": round(build_s, 1),
+    row = {"shots": size, "memory_budget_gb": budget_gb, "index": kind, **params, "load_s": round(load_s, 1), "build_s": round(build_s, 1),
            "rss_gb": round(rss_gb, 2), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "recall@10": round(float(np.mean(recalls)), 3),
            "add_one_s": round(add_one_s, 3), "added_found": found, "cold_search_s": round(float(out[0]), 3),
-           "cold_search_call_s": round(float(out[1]), 3), "disk_gb": round(disk_gb, 2), "load_avg": os.getloadavg()[0]}
-    shutil.rmtree(lib, ignore_errors=True)
+           "cold_search_call_s": round(float(out[1]), 3), "disk_gb": round(disk_gb, 2), "load_avg": os.getloadavg()[0],
+           "compact_reused": reused, "compact_rss_gb": round(float(facts["compact_rss_gb"]), 2),
+           "sweep": sweep}
+    if not keep:
+        shutil.rmtree(lib, ignore_errors=True)
     return row
 
 
@@ -187,17 +278,20 @@ def main() -> None:
     parser.add_argument("--engines", nargs="*", default=["local", "ray"])
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--skip-indexing", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep each built library under --work and reuse it next time (same size)")
+    parser.add_argument("--load-only", action="store_true", help="only stream the shots in (with --keep: build once, measure later)")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one_size:
-        print(json.dumps(bench_one_size(args.one_size, args.memory_budget, args.work)), flush=True)
+        print(json.dumps(bench_one_size(args.one_size, args.memory_budget, args.work, args.keep, args.load_only)), flush=True)
         return
     if not args.skip_scale:
         for size in args.sizes:
             # One process per size: peak RSS is that size's alone.
             subprocess.run([sys.executable, __file__, "--one-size", str(size), "--memory-budget", str(args.memory_budget),
-                            "--work", str(args.work)], check=False)
+                            "--work", str(args.work), *(["--keep"] if args.keep else []),
+                            *(["--load-only"] if args.load_only else [])], check=False)
     if not args.skip_indexing and args.clips.is_dir():
         bench_indexing(args.clips, args.engines)
 

@@ -38,19 +38,23 @@ from aas_core.library.vector_index import (
     MAX_DELTAS,
     REFINE_FACTOR,
     REFINE_MIN,
-    TRAIN_SAMPLE,
     IndexType,
     VectorSegment,
+    add_preassigned,
     add_vectors,
+    assign_lists,
     choose_index_type,
+    configure_search,
     exact_search,
     iter_chunks,
     ivf_search,
     load_index,
     merge_into,
     rerank,
+    reserve_lists,
     save_index,
     train_index,
+    train_size,
     write_segment,
 )
 
@@ -349,14 +353,18 @@ class LibraryDB:
         live = np.fromiter((i for (i,) in self.db.execute("SELECT id FROM shots ORDER BY id")), np.int64)
         index_rows: list[tuple[str, str, int]] = []
         if kind != "exact":
-            sample = _sample_vectors(segments, live, TRAIN_SAMPLE)
+            sample = _sample_vectors(segments, live, train_size(len(live)))
             trained = train_index(kind, sample, len(live))
+            del sample
             trained_name = f"trained-{uuid.uuid4().hex[:12]}.faiss"
             save_index(trained, self.folder / "index" / trained_name)
-            for ids, vectors in iter_chunks(segments):
+            # Two passes: assign every vector to its list, reserve the lists, then add the codes (no 2x growth).
+            lists = [assign_lists(trained, vectors[_member(ids, live)]) for ids, vectors in iter_chunks(segments)]
+            reserve_lists(trained, np.concatenate(lists) if lists else np.zeros(0, np.int64))
+            for (ids, vectors), assigned in zip(iter_chunks(segments), lists):
                 keep = _member(ids, live)
                 if keep.any():
-                    add_vectors(trained, vectors[keep], ids[keep])
+                    add_preassigned(trained, vectors[keep], ids[keep], assigned)
             base_name = f"base-{uuid.uuid4().hex[:12]}.faiss"
             save_index(trained, self.folder / "index" / base_name)
             index_rows = [(trained_name, "trained", 0), (base_name, "base", int(trained.ntotal))]
@@ -420,6 +428,8 @@ class LibraryDB:
             self._segments = [loaded.get(f"{n}.npy") or VectorSegment.open(self.folder / "vectors" / f"{n}.npy") for n in segment_names]
             base = next((n for n, role, _ in index_rows if role == "base"), None)
             self._base = load_index(self.folder / "index" / base) if base else None
+            if self._base is not None:
+                configure_search(self._base)
             self._deltas = [load_index(self.folder / "index" / n) for n, role, _ in index_rows if role == "delta"]
             self._loaded_version = version
 
@@ -501,9 +511,9 @@ def _sample_vectors(segments: Sequence[VectorSegment], live: np.ndarray, count: 
     rate = min(1.0, count / max(total, 1))
     rng = np.random.default_rng(seed)
     parts = []
-    for ids, vectors in iter_chunks(segments):
+    for ids, vectors in iter_chunks(segments, dtype=np.float16):  # converted after picking: 1/50 of the work at 10M
         pick = (rng.random(len(ids)) < rate) & _member(ids, live)
-        parts.append(vectors[pick])
+        parts.append(vectors[pick].astype(np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 

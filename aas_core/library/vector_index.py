@@ -1,10 +1,15 @@
 """Vector search: exact over stored float16 vectors for small libraries, faiss IVF (Flat, SQ8 or PQ) past them.
 
-The index kind is chosen under a memory budget (bytes per vector x shots must fit a share of it), in order
-exact -> ivf-flat -> ivf-sq8 -> ivf-pq; the lossy kinds re-rank their top candidates exactly against the
-stored vectors. An IVF index is trained once ("compact") and later additions go into small delta indexes
-that share its centroids, so adding N shots costs O(N): the base is never rebuilt until the library has
-grown past a factor.
+The index kind is chosen under a memory budget and a latency estimate, in order exact -> ivf-flat ->
+ivf-sq8 -> ivf-pq: the first kind whose index fits INDEX_SHARE of the budget (bytes per vector x shots)
+and whose estimated scan per query (codes probed x SCAN_NS_PER_CODE, measured on 2 cores) stays under
+SCAN_MS_MAX; ivf-pq is the last resort. IVF uses ~4*sqrt(N) lists (at most 16384) and probes 64 of the
+lists it really has, so a query scans ~16*sqrt(N) codes (16k at 1M, 39k at 10M). From HNSW_FROM
+lists on, centroids come from a two-level k-means on 39 points per list and the coarse quantizer is an
+HNSW graph over them (a flat one would cost N x nlist dot products to fill the index). The lossy kinds
+re-rank their top candidates exactly against the stored vectors. An IVF index is trained once
+("compact") and later additions go into small delta indexes that share its centroids, so adding N shots
+costs O(N): the base is never rebuilt until the library has grown past a factor.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterable, Iterator, Literal, Optional, Sequence, cast
 
 import numpy as np
 
@@ -25,7 +30,18 @@ INDEX_TYPES: tuple[IndexType, ...] = ("exact", "ivf-flat", "ivf-sq8", "ivf-pq")
 EXACT_MAX = 20_000
 """Up to this many shots an exact search over float16 vectors stays under ~5 ms on 2 cores; beyond it, IVF."""
 TRAIN_SAMPLE = 200_000
-"""IVF centroids trained on at most this many vectors (enough at 1M, measured)."""
+"""IVF centroids trained on at most this many vectors (enough at 1M, measured); 39 per list past that."""
+MAX_NLIST = 16_384
+NPROBE = 64
+"""Lists probed per query (all of them below 64 lists). At 10M shots (16384 lists, HNSW beam 512) 64 probes
+gave recall@10 0.914 at p50 ~5 ms; 128 gave 0.97 but p50 10.6 ms on a fresh mapping (bench/library.py)."""
+HNSW_FROM = 8192
+"""From this many lists on, two-level k-means centroids and an HNSW coarse quantizer (M=32)."""
+SCAN_NS_PER_CODE = {"ivf-flat": 260.0, "ivf-sq8": 95.0, "ivf-pq": 45.0}
+"""Single-thread scan cost per 512-d code, measured with faiss 1.15 on this project's 2-core machine (load ~4)."""
+SCAN_MS_MAX = 8.0
+"""A kind whose estimated scan exceeds this is passed over for the next one (p50 goal 10 ms: the rest is for
+the quantizer, re-ranking and metadata)."""
 INDEX_SHARE = 0.75
 """Share of the memory budget the vector index may fill; the rest is for the embedder, metadata and pages."""
 REFINE_FACTOR = {"ivf-sq8": 8, "ivf-pq": 32}
@@ -51,13 +67,19 @@ def pq_bytes(dim: int) -> int:
     return m
 
 
+def scan_ms(kind: IndexType, count: int, dim: int = 512) -> float:
+    """Estimated milliseconds one query spends scanning codes in an IVF index of `kind` over `count` vectors."""
+    nlist, nprobe = ivf_params(count)
+    return count * nprobe / nlist * SCAN_NS_PER_CODE[kind] * dim / 512 / 1e6
+
+
 def choose_index_type(count: int, dim: int = 512, budget_bytes: Optional[int] = None) -> IndexType:
-    """The most exact kind whose index fits INDEX_SHARE of the memory budget (exact for small libraries)."""
+    """The most exact kind whose index fits INDEX_SHARE of the memory budget and whose scan fits SCAN_MS_MAX."""
     if count <= EXACT_MAX:
         return "exact"
     budget = default_memory_budget() if budget_bytes is None else budget_bytes
-    for kind in ("ivf-flat", "ivf-sq8", "ivf-pq"):
-        if count * bytes_per_vector(kind, dim) <= INDEX_SHARE * budget:
+    for kind in ("ivf-flat", "ivf-sq8"):
+        if count * bytes_per_vector(kind, dim) <= INDEX_SHARE * budget and scan_ms(kind, count, dim) <= SCAN_MS_MAX:
             return kind
     return "ivf-pq"
 
@@ -89,11 +111,60 @@ def parse_memory(text: str | int | float) -> int:
 
 
 def ivf_params(count: int) -> tuple[int, int]:
-    """(nlist, nprobe) for an IVF index over `count` vectors: ~4*sqrt(N) lists, probing ~1/64 of them (at least 64)."""
+    """(nlist, nprobe) for an IVF index over `count` vectors: ~4*sqrt(N) lists (64..MAX_NLIST), NPROBE probed."""
     nlist = int(2 ** round(math.log2(max(64, 4 * math.sqrt(count)))))
-    nlist = min(nlist, 16384)
-    nprobe = max(64, nlist // 64)
-    return nlist, nprobe
+    nlist = min(nlist, MAX_NLIST)
+    return nlist, nprobe_for(nlist)
+
+
+def nprobe_for(nlist: int) -> int:
+    """Lists to probe in an index that really has `nlist` lists (training may have made fewer than planned)."""
+    return min(NPROBE, nlist)
+
+
+def train_size(count: int) -> int:
+    """Vectors to train the centroids of an index over `count` vectors on: TRAIN_SAMPLE, or 39 per list if more."""
+    return max(TRAIN_SAMPLE, 39 * ivf_params(count)[0])
+
+
+def two_level_centroids(sample: np.ndarray, nlist: int, seed: int = 0, niter: int = 10) -> np.ndarray:
+    """`nlist` unit centroids by spherical k-means in two levels: sqrt(nlist) groups, each split in proportion to its size."""
+    import faiss
+
+    dim = sample.shape[1]
+    top = int(math.sqrt(nlist))
+    coarse = faiss.Kmeans(dim, top, niter=niter, seed=seed, spherical=True, max_points_per_centroid=2000)
+    coarse.train(sample)
+    assign = coarse.assign(sample)[1]
+    sizes = np.bincount(assign, minlength=top)
+    share = np.cumsum(sizes) * nlist // len(sample)
+    share[1:] -= share[:-1].copy()
+    out = []
+    for group in range(top):
+        members = sample[assign == group]
+        k = int(min(share[group], len(members)))
+        if k == 0:
+            continue
+        if k == len(members):
+            out.append(members)
+            continue
+        km = faiss.Kmeans(dim, k, niter=niter, seed=seed + group + 1, spherical=True, min_points_per_centroid=1)
+        km.train(members)
+        out.append(km.centroids)
+    centroids = np.ascontiguousarray(np.concatenate(out), np.float32)
+    return centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+
+def configure_search(index) -> None:
+    """Set an IVF index's probes from its real list count (big indexes: HNSW beam to match, lists of one query in parallel)."""
+    import faiss
+
+    index.nprobe = nprobe_for(index.nlist)
+    quantizer: Any = faiss.downcast_index(index.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = 8 * index.nprobe  # beam 256 for 64 probes lost recall 0.914 -> 0.847 at 10M
+        # One query scans ~39k codes at 10M: split its lists over the threads (measured 6.2 -> 4.0 ms on 2 cores).
+        index.parallel_mode = 1
 
 
 def train_index(kind: IndexType, sample: np.ndarray, count: int, seed: int = 0):
@@ -102,9 +173,14 @@ def train_index(kind: IndexType, sample: np.ndarray, count: int, seed: int = 0):
 
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     dim = sample.shape[1]
-    nlist, nprobe = ivf_params(count)
-    nlist = min(nlist, max(1, len(sample) // 39))  # faiss wants ~39 training points per list
-    quantizer = faiss.IndexFlatIP(dim)
+    nlist = min(ivf_params(count)[0], max(1, len(sample) // 39))  # faiss wants ~39 training points per list
+    if nlist >= HNSW_FROM:
+        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = 80
+        quantizer.add(two_level_centroids(sample, nlist, seed))
+        nlist = quantizer.ntotal  # IndexIVF.train skips k-means: its quantizer already holds nlist centroids
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
     if kind == "ivf-flat":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     elif kind == "ivf-sq8":
@@ -115,13 +191,48 @@ def train_index(kind: IndexType, sample: np.ndarray, count: int, seed: int = 0):
         raise ValueError(f"{kind} is not an IVF kind")
     index.cp.seed = seed
     index.train(sample)
-    index.nprobe = min(nprobe, nlist)
+    configure_search(index)
     return index
 
 
 def add_vectors(index, vectors: np.ndarray, ids: np.ndarray) -> None:
     """Add float vectors with their shot ids (int64)."""
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def assign_lists(index, vectors: np.ndarray) -> np.ndarray:
+    """The IVF list each vector goes to (int64), as `add` would pick it."""
+    import faiss
+
+    quantizer: Any = faiss.downcast_index(index.quantizer)
+    beam = quantizer.hnsw.efSearch if isinstance(quantizer, faiss.IndexHNSW) else None
+    if beam is not None:
+        quantizer.hnsw.efSearch = 64
+    try:
+        return np.ascontiguousarray(quantizer.search(np.ascontiguousarray(vectors, np.float32), 1)[1][:, 0], np.int64)
+    finally:
+        if beam is not None:
+            quantizer.hnsw.efSearch = beam
+
+
+def reserve_lists(index, lists: np.ndarray) -> None:
+    """Reserve each inverted list's final size up front: growing them by doubling would hold up to 2x the codes."""
+    invlists = index.invlists
+    for list_no, size in enumerate(np.bincount(lists, minlength=index.nlist).tolist()):
+        if size:
+            old = invlists.list_size(list_no)
+            invlists.resize(list_no, old + size)
+            invlists.resize(list_no, old)
+
+
+def add_preassigned(index, vectors: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> None:
+    """Add vectors to the lists `assign_lists` gave them (no second quantizer search)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
 
 def merge_into(target, sources: Iterable) -> None:
@@ -161,6 +272,23 @@ class VectorSegment:
         """Map a segment written by `write_segment`."""
         return cls(path, np.load(path.with_suffix(".ids.npy"), mmap_mode="r"), np.load(path, mmap_mode="r"))
 
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows by number as float16, one plain read each: re-ranking maps no pages of a 10 GB store into RSS."""
+        width = self.vectors.strides[0]
+        offset = cast(np.memmap, self.vectors).offset
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = b"".join(os.pread(fd, width, offset + int(row) * width) for row in rows)
+        finally:
+            os.close(fd)
+        return np.frombuffer(data, np.float16).reshape(len(rows), self.vectors.shape[1])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as float16 by a plain file read: streaming the whole segment maps no pages (RSS stays flat)."""
+        offset = cast(np.memmap, self.vectors).offset + start * self.vectors.strides[0]
+        count = (min(stop, len(self.ids)) - start) * self.vectors.shape[1]
+        return np.fromfile(self.path, np.float16, count=count, offset=offset).reshape(-1, self.vectors.shape[1])
+
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(which of `ids` are here as a mask, their row numbers)."""
         pos = np.searchsorted(self.ids, ids)
@@ -189,16 +317,16 @@ def gather(segments: Sequence[VectorSegment], ids: np.ndarray) -> tuple[np.ndarr
         mask, rows = seg.rows(ids)
         if rows.size:
             order = np.argsort(rows)  # sequential reads from the mapped file
-            out[np.flatnonzero(mask)[order]] = seg.vectors[rows[order]]
+            out[np.flatnonzero(mask)[order]] = seg.read_rows(rows[order])
             found |= mask
     return found, out
 
 
-def iter_chunks(segments: Sequence[VectorSegment], chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, float32 vectors) of every stored vector, a chunk at a time (never all in RAM)."""
+def iter_chunks(segments: Sequence[VectorSegment], chunk: int = 65_536, dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors as `dtype`) of every stored vector, a chunk at a time by plain reads (never all in RAM)."""
     for seg in segments:
         for start in range(0, len(seg.ids), chunk):
-            yield np.asarray(seg.ids[start : start + chunk]), np.asarray(seg.vectors[start : start + chunk], np.float32)
+            yield np.array(seg.ids[start : start + chunk]), seg.read(start, start + chunk).astype(dtype, copy=False)
 
 
 def exact_search(segments: Sequence[VectorSegment], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,6 +358,7 @@ def ivf_search(base, deltas: Sequence, queries: np.ndarray, k: int) -> tuple[np.
     for index in [base, *deltas]:
         if index.ntotal == 0:
             continue
+        index.nprobe = base.nprobe  # deltas take the base's assignment as it is
         d, i = index.search_preassigned(queries, k, coarse_i, coarse_d)
         parts_s.append(d)
         parts_i.append(i)
