@@ -65,6 +65,13 @@ def test_a_gone_take_is_refused_and_nothing_is_overwritten(tmp_path, takes):
         assemble_takes(out, [Take("shot-01", takes["shot-01/b"], transition="wipe")])  # type: ignore[arg-type]
     with pytest.raises(InputError, match="nothing to stitch"):
         assemble_takes(out, [])
+    # A story run writing the folder holds its lock: stitching into it is refused at once.
+    from aas_core.errors import BusyError
+    from aas_core.fsutil import exclusive
+    from aas_core.story.outcome import RUN_LOCK
+
+    with exclusive(out / RUN_LOCK, "busy"), pytest.raises(BusyError, match="a story run is writing"):
+        assemble_takes(out, [Take("shot-01", takes["shot-01/b"], number=2)], output=NO_TITLE)
     assert {name: (out / name).read_bytes() for name in before} == before
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from aas_core.errors import InputError
+from aas_core.fsutil import exclusive
 from aas_core.progress import CancelToken, ProgressFn
 from aas_core.story.outcome import (
+    RUN_LOCK,
     STORYBOARD_FRAMES,
     STORYBOARD_NAME,
     VIDEO_NAME,
@@ -101,8 +103,9 @@ def assemble_takes(
     check_inputs(*_stitch_inputs(data, outcomes))
     # 2. Stitch, storyboard, run.json (only after the video is written: a failure or cancel changes nothing), reports.
     out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    return _assemble(out, data, outcomes, outcomes, on_progress, cancel, record=True)
+    busy = f"a story run is writing {out}; wait for it to finish (or cancel it), or stitch into another folder"
+    with exclusive(out / RUN_LOCK, busy):
+        return _assemble(out, data, outcomes, outcomes, on_progress, cancel, record=True)
 
 
 def check_takes(takes: Sequence[Take], fps: Optional[float] = None) -> list["VideoInfo"]:

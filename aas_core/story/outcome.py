@@ -20,6 +20,8 @@ from aas_core.fsutil import atomic_write_json
 CACHE_VERSION = 1
 """Bump when a stage's output changes for the same settings, so old cache entries stop matching."""
 RUN_FILE = "run.json"
+RUN_LOCK = ".run.lock"
+"""Held by whoever writes a run folder (a story run, `assemble_takes`): a second writer is refused at once."""
 DONE_FILE = "done.json"
 METRICS_FILE = "metrics.json"
 COMPARISON_FILE = "comparison.mp4"

@@ -33,6 +33,7 @@ from aas_core.story.assembly import assemble
 from aas_core.story.outcome import (
     CACHE_VERSION,
     DONE_FILE,
+    RUN_LOCK,
     SHOT_STATUSES,
     ShotOutcome,
     ShotStatus,
@@ -365,7 +366,6 @@ def _write_run(plan: StoryPlan, outcomes: Sequence[ShotOutcome]) -> None:
     write_run(plan.out_dir, plan.story.title, plan.fps, dataclasses.asdict(plan.story.output), outcomes)
 
 
-RUN_LOCK = ".run.lock"
 ERROR_LOG = "error.log"
 
 
