@@ -7,6 +7,7 @@ when the system has it, else Pillow's built-in scalable font, so no font downloa
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import textwrap
@@ -259,15 +260,24 @@ class _ShotFrames:
         return clip
 
 
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_inputs(shots: Sequence[StitchShot], settings: StitchSettings) -> None:
     """Refuse what `stitch` cannot assemble (no shots, a bad fps or transition, a missing file, text too long)."""
     if not shots:
         raise InputError("nothing to stitch: no finished shots; run the story first")
-    if settings.fps <= 0:
-        raise InputError(f"fps must be positive, got {settings.fps}")
-    for shot in shots:
+    if not _finite_number(settings.fps) or settings.fps <= 0:
+        raise InputError(f"fps must be a positive number, got {settings.fps!r}")
+    for name in ("title_duration", "music_start", "music_volume", "music_fade_out"):
+        if not _finite_number(getattr(settings, name)) or getattr(settings, name) < 0:
+            raise InputError(f"{name} must be a number of 0 or more, got {getattr(settings, name)!r}")
+    for i, shot in enumerate(shots):
         if shot.transition not in TRANSITIONS:
             raise InputError(f"unknown transition {shot.transition!r}; choose one of {', '.join(TRANSITIONS)}")
+        if not _finite_number(shot.transition_duration) or shot.transition_duration < 0:
+            raise InputError(f"transition duration of shot {i + 1} must be a number of seconds, 0 or more; got {shot.transition_duration!r}")
         if not Path(shot.path).is_file():
             raise InputError(f"shot video {shot.path} is missing; run the story again to regenerate it")
     for i, shot in enumerate(shots):

@@ -65,6 +65,13 @@ def test_a_gone_take_is_refused_and_nothing_is_overwritten(tmp_path, takes):
         assemble_takes(out, [Take("shot-01", takes["shot-01/b"], transition="wipe")])  # type: ignore[arg-type]
     with pytest.raises(InputError, match="nothing to stitch"):
         assemble_takes(out, [])
+    with pytest.raises(InputError, match="transition duration of shot 1 must be a number"):
+        assemble_takes(out, [Take("shot-01", takes["shot-01/b"], transition="crossfade", transition_duration=float("nan")),
+                             Take("shot-02", takes["shot-02/a"])], output=NO_TITLE)
+    with pytest.raises(InputError, match="fps must be a positive number"):
+        assemble_takes(out, [Take("shot-01", takes["shot-01/b"])], fps=float("inf"))
+    with pytest.raises(InputError, match="video file name"):
+        assemble_takes(out, [Take("shot-01", 123)])  # type: ignore[arg-type]  # e.g. from a hand-written takes file
     # A story run writing the folder holds its lock: stitching into it is refused at once.
     from aas_core.errors import BusyError
     from aas_core.fsutil import exclusive

@@ -131,16 +131,15 @@ def _takes_file(path: str) -> dict:
         except TypeError:
             fields = ", ".join(f.name for f in dataclasses.fields(Take))
             raise InputError(f"takes file {path}: take {i + 1} must be an object with shot and video (fields: {fields})") from None
-        take.video = str(file.parent / take.video) if take.video else ""
+        take.video = str(file.parent / take.video) if isinstance(take.video, str) and take.video else take.video
         takes.append(take)
     try:
         output = Output(**(data.get("output") or {}))
     except (TypeError, ValueError) as exc:
         raise InputError(f"takes file {path}: output: {exc}") from None
-    if output.music:
+    if isinstance(output.music, str) and output.music:
         output.music = str(file.parent / output.music)
-    fps = data.get("fps")
-    return {"takes": takes, "title": str(data.get("title") or ""), "output": output, "fps": float(fps) if fps else None}
+    return {"takes": takes, "title": str(data.get("title") or ""), "output": output, "fps": data.get("fps")}
 
 
 def _report(args: argparse.Namespace) -> dict:

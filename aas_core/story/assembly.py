@@ -7,6 +7,7 @@ takes (the app's picks) and records exactly them in run.json, so `assemble(dir)`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,17 +115,18 @@ def check_takes(takes: Sequence[Take], fps: Optional[float] = None) -> list["Vid
 
     if not takes:
         raise InputError("nothing to stitch: pick a take of at least one shot")
-    if fps is not None and not fps > 0:
-        raise InputError(f"fps must be positive, got {fps}")
+    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
+        raise InputError(f"fps must be a positive number, got {fps!r}")
     seen: dict[str, int] = {}
     for take in takes:
         if not isinstance(take, Take):
             raise InputError(f"takes must be Take objects (shot, video, number...), got {type(take).__name__}")
+        if not isinstance(take.shot, str) or not isinstance(take.video, str) or not isinstance(take.number, int):
+            raise InputError(f"a take needs a shot id and a video file name (text) and a take number, got "
+                             f"shot={take.shot!r}, video={take.video!r}, number={take.number!r}")
         if take.shot in seen:
             raise InputError(f"shot {take.shot} is picked twice (takes {seen[take.shot]} and {take.number}); keep one of them")
         seen[take.shot] = take.number
-        if take.transition_duration < 0:
-            raise InputError(f"take {take.number} of shot {take.shot}: transition_duration must be 0 or more, got {take.transition_duration}")
         if not take.video or not Path(take.video).is_file():
             raise InputError(f"take {take.number} of shot {take.shot} is gone: generate it again")
     return [probe(take.video) for take in takes]
