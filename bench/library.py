@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import aas_core  # noqa: E402,F401  (first: it sets the OpenMP wait policy before anything loads torch)
 
 DIM = 512
 CHUNK = 100_000
@@ -228,7 +229,7 @@ def _real_size_clip(work: Path) -> Path:
     return work / "weights"
 
 
-def bench_indexing(clips: Path, engines: list[str], rounds: int = 2) -> list[dict]:
+def bench_indexing(clips: Path, engines: list[str], rounds: int = 4) -> list[dict]:
     """Indexing frames/s end to end (in process; Ray with 1 and 2 workers) vs the embedder alone on the same frames."""
     import torch
 
@@ -276,6 +277,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aas-bench-library")
     parser.add_argument("--clips", type=Path, default=ROOT.parent / "shared" / "clips")
     parser.add_argument("--engines", nargs="*", default=["local", "ray"])
+    parser.add_argument("--rounds", type=int, default=4, help="indexing: best of this many alternating runs per engine")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--skip-indexing", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep each built library under --work and reuse it next time (same size)")
@@ -293,7 +295,7 @@ def main() -> None:
                             "--work", str(args.work), *(["--keep"] if args.keep else []),
                             *(["--load-only"] if args.load_only else [])], check=False)
     if not args.skip_indexing and args.clips.is_dir():
-        bench_indexing(args.clips, args.engines)
+        bench_indexing(args.clips, args.engines, args.rounds)
 
 
 if __name__ == "__main__":
