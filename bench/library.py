@@ -171,7 +171,7 @@ def bench_one_size(size: int, budget_gb: float, work: Path, keep: bool = False, 
     db.refresh()
     params = {"nlist": int(db._base.nlist), "nprobe": int(db._base.nprobe),
               "quantizer": type(faiss.downcast_index(db._base.quantizer)).__name__} if db._base is not None else {}
-    truth = exact_search(db._segments, q, 10)[1]  # streamed over the stored vectors, chunk by chunk (plain reads)
+    truth = exact_search(db._segments, q, 10, once=True)[1]  # streamed by plain reads, dropped from the page cache
     progress("exact top-10 done")
     sweep = probe_sweep(db, q, truth) if db._base is not None else []
     db.close()

@@ -390,6 +390,23 @@ def test_remote_hits_are_fetched_once_and_used_like_library_clips(tmp_path):
     assert fetch_hit(used, lib) is used  # a local hit is used as it is
 
 
+
+def test_concurrent_fetches_of_one_url_download_once_and_leave_no_lock_behind(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aas_core.library import captions, fetch_remote
+
+    web, lib = _web_folder(tmp_path), tmp_path / "lib"
+    with serve_folder(web) as (base, requests):
+        with ThreadPoolExecutor(4) as pool:
+            paths = list(pool.map(lambda _: fetch_remote(f"{base}/bikes.mp4", lib), range(4)))
+            refused = [f.exception() for f in [pool.submit(fetch_remote, f"{base}/notes.mp4", lib) for _ in range(3)]]
+    assert len(set(paths)) == 1 and Path(paths[0]).is_file()
+    assert requests["/bikes.mp4"] == 1  # the others waited for the first download and found the cache file
+    assert all(isinstance(e, InputError) for e in refused)
+    assert captions._FETCHING == {}  # a long-running app does not keep a lock per URL ever fetched
+
+
 def test_remote_fetch_refusals_leave_nothing_behind(tmp_path):
     import http.server
     import time

@@ -76,3 +76,39 @@ def test_segment_reads_match_the_stored_rows(tmp_path):
     chunks = list(vi.iter_chunks([seg], chunk=300))
     assert [len(ids) for ids, _ in chunks] == [300, 300, 300, 100]
     assert np.allclose(np.concatenate([v for _, v in chunks]), vectors[::-1], atol=1e-3)
+
+
+def test_one_pass_reads_match_cached_reads_and_a_short_file_is_named_damaged(tmp_path):
+    path = tmp_path / "seg.npy"
+    vi.write_segment(path, np.arange(500), unit(500, 16, 4))
+    seg = vi.VectorSegment.open(path)
+    for start, stop in ((0, 500), (17, 33), (480, 900)):
+        assert np.array_equal(seg.read(start, stop, once=True), seg.read(start, stop))
+    truth = exact_search([seg], unit(3, 16, 5), 5)
+    once = exact_search([seg], unit(3, 16, 5), 5, once=True)
+    assert np.array_equal(truth[1], once[1])
+    with open(path, "r+b") as fh:  # a segment cut short (disk full, a copy stopped half-way)
+        fh.truncate(path.stat().st_size - 16 * 2 * 10)
+    with pytest.raises(ValueError, match="damaged.*--reindex"):
+        seg.read(400, 500)
+
+
+def test_a_mapped_index_searches_while_read_ahead_and_prefetch_ignores_a_gone_file(tmp_path):
+    import threading
+
+    failures = []
+    hook, threading.excepthook = threading.excepthook, failures.append
+    try:
+        index = faiss.IndexFlatIP(8)
+        index.add(unit(100, 8, 6))
+        vi.save_index(index, tmp_path / "base.faiss")
+        loaded = vi.load_index(tmp_path / "base.faiss")  # mapped, and read ahead in the background
+        assert loaded.ntotal == 100
+        vi.prefetch(tmp_path / "gone.faiss")
+        for thread in threading.enumerate():
+            if thread.name == "aas-index-prefetch":
+                thread.join(5)
+    finally:
+        threading.excepthook = hook
+    assert failures == []
+    assert loaded.search(unit(1, 8, 6), 1)[1][0, 0] >= 0

@@ -248,6 +248,27 @@ def test_remote_auto_clips_are_fetched_once_and_used_or_give_way_offline(env, tm
     assert "connect to the internet" in zebra.error and (tmp_path / "out2" / "shots" / "zebra" / "error.log").is_file()
 
 
+
+def test_a_pinned_web_clip_is_fetched_once_into_the_cache_and_an_offline_one_fails_alone(env, tmp_path):
+    root, folder, runtime = env
+    lib, web = tmp_path / "lib", tmp_path / "web"
+    write_clip(web / "giraffe.mp4", moving_square_frames("yellow", "up", frames=24), fps=8)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    story = tmp_path / "pinned.yaml"
+    with serve_folder(web) as (base, requests):
+        story.write_text(WEB_STORY.replace("SHOTS", f"  - {{id: giraffe, prompt: a giraffe, clip: {base}/giraffe.mp4}}\n"
+                                                     f"  - {{id: zebra, prompt: a zebra, clip: {dead}/zebra.mp4}}"))
+        for attempt in ("generated", "cached"):
+            result = run_story(story, out_dir=tmp_path / "out", weights_root=root, library=lib, runtime=runtime, metrics=False)
+            assert statuses(result) == [attempt, "failed"]
+            assert requests["/giraffe.mp4"] == 1  # the second run reads the library's remote cache
+    cached = list((lib / "remote-cache").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".mp4"
+    giraffe, zebra = result.shots
+    assert Path(giraffe.video).is_file()
+    assert "zebra.mp4 is a remote clip" in zebra.error and "could not be downloaded" in zebra.error
+
+
 def test_every_problem_is_reported_before_any_model_runs(env, tmp_path):
     root, folder, runtime = env
     story = tmp_path / "bad.yaml"

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -218,8 +219,27 @@ class _WebRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_FETCHING: dict[Path, threading.Lock] = {}
+_FETCHING: dict[Path, tuple[threading.Lock, int]] = {}
+"""Per cache file being fetched: its lock and how many callers hold or wait for it (gone at zero)."""
 _FETCHING_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_fetch(target: Path) -> Iterator[None]:
+    """Hold `target`'s download lock: one download per file at a time, and no entry left behind after."""
+    with _FETCHING_LOCK:
+        lock, users = _FETCHING.get(target, (threading.Lock(), 0))
+        _FETCHING[target] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _FETCHING_LOCK:
+            lock, users = _FETCHING[target]
+            if users == 1:
+                del _FETCHING[target]
+            else:
+                _FETCHING[target] = (lock, users - 1)
 
 
 def _reason(exc: BaseException) -> str:
@@ -271,9 +291,7 @@ def fetch_remote(hit_or_url: Any, library: Optional[str | os.PathLike[str]] = No
     target = cached_path(url, library)
     if target.is_file():
         return str(target)
-    with _FETCHING_LOCK:
-        lock = _FETCHING.setdefault(target, threading.Lock())
-    with lock:  # one download per file at a time; a second caller finds the cache file
+    with _one_fetch(target):  # a second caller waits here, then finds the cache file
         if target.is_file():
             return str(target)
         try:

@@ -359,9 +359,9 @@ class LibraryDB:
             trained_name = f"trained-{uuid.uuid4().hex[:12]}.faiss"
             save_index(trained, self.folder / "index" / trained_name)
             # Two passes: assign every vector to its list, reserve the lists, then add the codes (no 2x growth).
-            lists = [assign_lists(trained, vectors[_member(ids, live)]) for ids, vectors in iter_chunks(segments)]
+            lists = [assign_lists(trained, vectors[_member(ids, live)]) for ids, vectors in iter_chunks(segments, once=True)]
             reserve_lists(trained, np.concatenate(lists) if lists else np.zeros(0, np.int64))
-            for (ids, vectors), assigned in zip(iter_chunks(segments), lists):
+            for (ids, vectors), assigned in zip(iter_chunks(segments, once=True), lists):
                 keep = _member(ids, live)
                 if keep.any():
                     add_preassigned(trained, vectors[keep], ids[keep], assigned)
@@ -511,7 +511,7 @@ def _sample_vectors(segments: Sequence[VectorSegment], live: np.ndarray, count: 
     rate = min(1.0, count / max(total, 1))
     rng = np.random.default_rng(seed)
     parts = []
-    for ids, vectors in iter_chunks(segments, dtype=np.float16):  # converted after picking: 1/50 of the work at 10M
+    for ids, vectors in iter_chunks(segments, dtype=np.float16, once=True):  # converted after picking: 1/50 of the work at 10M
         pick = (rng.random(len(ids)) < rate) & _member(ids, live)
         parts.append(vectors[pick].astype(np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
