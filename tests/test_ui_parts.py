@@ -439,6 +439,42 @@ def test_web_clip_hits_are_fetched_into_the_visitors_library_when_picked(tmp_pat
             library_tab.pick(ctx, zebra, visitor, gr.SelectData(None, {"index": 0, "value": None}))
 
 
+
+def test_motion_structure_fetches_a_picked_web_clip_again_when_its_download_was_removed(tmp_path: Path, tiny_root: Path) -> None:
+    """A web clip picked in Clip Library whose cached download is gone (cache cleared, session restored) is fetched
+    again into the visitor's library when Motion Structure extracts its depth; offline, the click says why."""
+    import gradio as gr
+
+    from aas_core.depth import DEFAULT_ESTIMATOR
+    from aas_core.library import import_captions
+    from aas_core.ui import depth as depth_tab
+    from aas_core.ui import library as library_tab
+    from aas_core.ui.common import UIContext
+    from tests.helpers import ensure_tiny, moving_square_frames, serve_folder, write_clip
+
+    config = AppConfig(weights_root=ensure_tiny(tiny_root, DEFAULT_ESTIMATOR), multi_user=True, cache_dir=tmp_path / "cache",
+                       sessions_dir=tmp_path / "s")
+    config._ready.set()
+    ctx = UIContext(config=config, sessions=Sessions(config), selected_clip=None, depth_ref=None, concepts_changed=None)
+    visitor = type("Request", (), {"session_hash": "visitor"})()
+    session = ctx.session(visitor)
+    web = tmp_path / "web"
+    write_clip(web / "giraffe.mp4", moving_square_frames("yellow", "up", frames=16), fps=8)
+    with serve_folder(web) as (base, requests):
+        (tmp_path / "captions.csv").write_text(f"url,caption\n{base}/giraffe.mp4,a giraffe eats leaves\n")
+        import_captions(tmp_path / "captions.csv", session.library)
+        hits, *_ = library_tab.search(ctx, "giraffe leaves", None, 4, 0, visitor)
+        _, _, clip = library_tab.pick(ctx, hits, visitor, gr.SelectData(None, {"index": 0, "value": None}))
+        Path(clip["path"]).unlink()
+        side, sheet, figures, ref = depth_tab.extract(ctx, clip, None, 0, None, 1.0, "crop", 64, 64, 4, DEFAULT_ESTIMATOR, 0.0, visitor)
+        assert requests["/giraffe.mp4"] == 2 and Path(clip["path"]).is_file()  # fetched again, to the same cache file
+        assert Path(side).is_file() and Path(sheet).is_file() and "4 frames" in figures
+        assert ref["path"] == str(Path(clip["path"]).resolve()) and ref["label"] == clip["label"]
+    Path(clip["path"]).unlink()  # and now the server is gone too
+    with pytest.raises(InputError, match="giraffe.mp4 is a remote clip .* could not be downloaded"):
+        depth_tab.extract(ctx, clip, None, 0, None, 1.0, "crop", 64, 64, 4, DEFAULT_ESTIMATOR, 0.0, visitor)
+
+
 def test_example_story_names_the_sample_character_made_at_once(tmp_path: Path, tiny_root: Path) -> None:
     """The example's prompts name <bunny>: it is made from the sample stills (instant) when missing, and a visitor's
     own <bunny> is never replaced; a story without the token makes nothing."""
