@@ -440,6 +440,51 @@ def test_web_clip_hits_are_fetched_into_the_visitors_library_when_picked(tmp_pat
 
 
 
+
+def test_web_clip_downloads_count_against_the_visitors_upload_quota(tmp_path: Path) -> None:
+    """Multi-user: each new web clip download counts as an uploaded file of its size; a cached one costs nothing;
+    past the quota the click is refused and nothing is written."""
+    import gradio as gr
+
+    from aas_core.library import import_captions
+    from aas_core.ui import library as library_tab
+    from aas_core.ui.common import UIContext
+    from tests.helpers import moving_square_frames, serve_folder, write_clip
+
+    config = _multi(tmp_path, quota_files=2)
+    config._ready.set()
+    ctx = UIContext(config=config, sessions=Sessions(config), selected_clip=None, depth_ref=None, concepts_changed=None)
+    visitor = type("Request", (), {"session_hash": "visitor"})()
+    session = ctx.session(visitor)
+    web = tmp_path / "web"
+    for name, colour in (("giraffe", "yellow"), ("zebra", "white"), ("hippo", "blue")):
+        write_clip(web / f"{name}.mp4", moving_square_frames(colour, "up", frames=16), fps=8)
+    click = gr.SelectData(None, {"index": 0, "value": None})
+    with serve_folder(web) as (base, requests):
+        (tmp_path / "captions.csv").write_text("url,caption\n" + "".join(f"{base}/{n}.mp4,a {n} eats leaves\n" for n in ("giraffe", "zebra", "hippo")))
+        import_captions(tmp_path / "captions.csv", session.library)
+        cache = session.library / "remote-cache"
+
+        def pick(name: str) -> dict:
+            hits, *_ = library_tab.search(ctx, f"{name} eats", None, 1, 0, visitor)
+            assert hits[0]["path"] == f"{base}/{name}.mp4"
+            return library_tab.pick(ctx, hits, visitor, click)[2]
+
+        giraffe = pick("giraffe")
+        assert (session.uploaded_files, session.uploaded_bytes) == (1, Path(giraffe["path"]).stat().st_size)
+        pick("giraffe")  # cached: no new download, no charge
+        assert session.uploaded_files == 1 and requests["/giraffe.mp4"] == 1
+        session.uploaded_bytes = config.quota_mb * 1_000_000 - 100  # as if uploads had used all but 100 bytes
+        with pytest.raises(InputError, match=r"zebra.mp4 is larger than what is left of your limit of 500 MB .*\(500.0 MB used\)"):
+            pick("zebra")
+        assert sorted(p.name for p in cache.iterdir()) == [Path(giraffe["path"]).name]  # nothing half-written
+        session.uploaded_bytes = 0
+        pick("zebra")
+        with pytest.raises(InputError, match="would pass your limit of 2 files"):
+            pick("hippo")
+        assert requests["/hippo.mp4"] == 0 and session.uploaded_files == 2
+
+
 def test_motion_structure_fetches_a_picked_web_clip_again_when_its_download_was_removed(tmp_path: Path, tiny_root: Path) -> None:
     """A web clip picked in Clip Library whose cached download is gone (cache cleared, session restored) is fetched
     again into the visitor's library when Motion Structure extracts its depth; offline, the click says why."""

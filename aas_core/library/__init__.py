@@ -18,7 +18,7 @@ from aas_core.library.indexer import run_in_process
 from aas_core.library.reader import MOTION_CLASSES, FoundFile, ReaderSettings, motion_class, scan_folder
 from aas_core.library.store import LibraryDB, LibraryStore, ModelStamp, default_library, path_bytes
 from aas_core.library.vector_index import IndexType, parse_memory
-from aas_core.limits import MAX_QUERY_CHARS, check_text
+from aas_core.limits import MAX_QUERY_CHARS, MAX_REMOTE_CLIP_BYTES, check_text
 from aas_core.progress import CancelToken, ProgressFn, report
 from aas_core.registry import DEFAULT_CLIP, names_of_kind
 
@@ -441,16 +441,17 @@ def _hit(db: LibraryDB, shot: dict[str, Any], score: float, rank: int, clip_scor
 Hit = TypeVar("Hit", ClipHit, dict)
 
 
-def fetch_hit(hit: Hit, library: Optional[str | os.PathLike[str]] = None, timeout: float = FETCH_TIMEOUT_S) -> Hit:
-    """A hit ready to use like a library clip: a remote one downloaded once into `<library>/remote-cache`, its
-    span, size and fps read from the file (`url` keeps where it came from); a local one as it is."""
+def fetch_hit(hit: Hit, library: Optional[str | os.PathLike[str]] = None, timeout: float = FETCH_TIMEOUT_S,
+              max_bytes: int = MAX_REMOTE_CLIP_BYTES) -> Hit:
+    """A hit ready to use like a library clip: a remote one downloaded once into `<library>/remote-cache` (at most
+    `max_bytes`), its span, size and fps read from the file (`url` keeps where it came from); a local one as it is."""
     data = hit if isinstance(hit, dict) else hit.to_dict()
     if not data.get("remote") or not is_url(str(data["path"])):
         return hit
     from aas_core.video_io import probe
 
     url = str(data["path"])
-    info = probe(fetch_remote(url, library, timeout=timeout))
+    info = probe(fetch_remote(url, library, timeout=timeout, max_bytes=max_bytes))
     start = float(data.get("start") or 0.0)
     if start >= info.duration:
         raise InputError(f"{url_name(url)} ({url}) lasts {info.duration:.2f} s; its caption's span starts at {start:.2f} s: "

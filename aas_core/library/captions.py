@@ -219,6 +219,10 @@ class _WebRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class RemoteTooLargeError(InputError):
+    """A web clip larger than the download limit (the caller may name a tighter limit of its own)."""
+
+
 _FETCHING: dict[Path, tuple[threading.Lock, int]] = {}
 """Per cache file being fetched: its lock and how many callers hold or wait for it (gone at zero)."""
 _FETCHING_LOCK = threading.Lock()
@@ -260,13 +264,13 @@ def _download(url: str, tmp: Path, name: str, timeout: float, max_bytes: int) ->
     with opener.open(urllib.request.Request(url, headers={"User-Agent": "aas-core"}), timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
-            raise InputError(too_big)
+            raise RemoteTooLargeError(too_big)
         written = 0
         with open(tmp, "wb") as fh:
             while chunk := response.read(1 << 20):
                 written += len(chunk)
                 if written > max_bytes:
-                    raise InputError(too_big)
+                    raise RemoteTooLargeError(too_big)
                 if time.monotonic() - began > FETCH_DEADLINE_S:
                     raise TimeoutError(f"the download took longer than {FETCH_DEADLINE_S} s")
                 fh.write(chunk)

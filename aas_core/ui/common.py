@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import gradio as gr
 
-from aas_core.errors import AASError, Cancelled
+from aas_core.errors import AASError, Cancelled, InputError
 from aas_core.paths import redact_paths, resolve_visitor_path, visitor_name
 from aas_core.progress import ProgressFn
 from aas_core.ui.config import AppConfig
@@ -250,6 +250,31 @@ def store_uploads(ctx: UIContext, session: Session, kind: str, upload: Any) -> l
         return []
     quota = (ctx.config.quota_mb * 1_000_000, ctx.config.quota_files) if ctx.config.multi_user else (None, None)
     return session.store_uploads(kind, paths, *quota)
+
+
+def fetch_web_clip(ctx: UIContext, session: Session, hit: dict[str, Any]) -> dict[str, Any]:
+    """`fetch_hit` into the visitor's library; in multi-user mode a new download counts against their upload quota."""
+    from aas_core.library import fetch_hit
+    from aas_core.library.captions import RemoteTooLargeError, cached_path, url_name
+    from aas_core.limits import MAX_REMOTE_CLIP_BYTES
+
+    if not ctx.config.multi_user or not hit.get("remote"):
+        return fetch_hit(hit, session.library)
+    target = cached_path(str(hit["path"]), session.library)
+    if target.is_file():
+        return fetch_hit(hit, session.library)
+    quota = ctx.config.quota_mb * 1_000_000
+    allowance = session.download_allowance(quota, ctx.config.quota_files) or quota
+    try:
+        got = fetch_hit(hit, session.library, max_bytes=min(MAX_REMOTE_CLIP_BYTES, allowance))
+    except RemoteTooLargeError:
+        if allowance >= MAX_REMOTE_CLIP_BYTES:
+            raise  # the download limit itself, not this visitor's quota
+        raise InputError(f"{url_name(str(hit['path']))} is larger than what is left of your limit of {quota / 1e6:.0f} MB for uploads "
+                         f"and downloaded web clips ({session.uploaded_bytes / 1e6:.1f} MB used); pick a shorter clip, "
+                         "or reload the page to start a fresh session") from None
+    session.count_download(target.stat().st_size)
+    return got
 
 
 def run_lock(buttons: Sequence[Any], stop: Any = None) -> tuple[Callable[[], Any], Callable[[], Any]]:

@@ -13,8 +13,7 @@ import gradio as gr
 
 from aas_core.depth import DEFAULT_ESTIMATOR, DEFAULT_SMOOTHING, ESTIMATORS, FIT_MODES
 from aas_core.errors import InputError
-from aas_core.library.captions import fetch_remote
-from aas_core.ui.common import VIDEO_TYPES, UIContext, missing_weights, progress_fn, store_uploads, wire_job
+from aas_core.ui.common import VIDEO_TYPES, UIContext, fetch_web_clip, missing_weights, progress_fn, store_uploads, wire_job
 
 
 def flicker_markdown(depth: Any) -> str:
@@ -53,7 +52,8 @@ def extract(ctx: UIContext, clip: Optional[dict], uploaded: Any, t0: Optional[fl
         path = store_uploads(ctx, session, "depth", uploaded)[0]
     elif clip:
         if clip.get("url") and not Path(clip["path"]).is_file():
-            clip = {**clip, "path": fetch_remote(clip["url"], session.library)}  # its download was removed: fetched again
+            # Its download was removed (a cleared cache, a restored session): fetched again.
+            clip = {**clip, "path": fetch_web_clip(ctx, session, {"path": clip["url"], "start": clip["start"], "end": clip["end"], "remote": True})["path"]}
         path = ctx.resolve(session, clip["path"])  # a fetched web clip lies in the visitor's library folder
     else:
         raise InputError("no clip yet: click a hit in Clip Library or upload a clip above")

@@ -10,13 +10,14 @@ from typing import Any, Optional
 import gradio as gr
 
 from aas_core.errors import InputError
-from aas_core.library import CLIP_MODELS, fetch_hit
+from aas_core.library import CLIP_MODELS
 from aas_core.library.captions import url_name
 from aas_core.limits import MAX_QUERY_CHARS
 from aas_core.registry import DEFAULT_CLIP
 from aas_core.ui.common import (
     VIDEO_TYPES,
     UIContext,
+    fetch_web_clip,
     hit_details,
     missing_weights,
     progress_fn,
@@ -140,7 +141,7 @@ def pick(ctx: UIContext, hits: list[dict[str, Any]], request: gr.Request, evt: g
     A web clip (captioned URL) is downloaded first, once, into the visitor's library (its remote-cache)."""
     hit = hits[evt.index]
     session = ctx.session(request)
-    hit = fetch_hit(hit, session.library)
+    hit = fetch_web_clip(ctx, session, hit)
     clip = {"path": hit["path"], "start": hit["start"], "end": hit["end"], "label": hit_label(hit), "url": hit.get("url", "")}
     fetched = f" Downloaded from {hit['url']}." if hit.get("url") else ""
     text = (f"Selected **{clip_name(hit)}** {hit['start']:.2f}–{hit['end']:.2f} s (score {hit['score']:.3f}).{fetched} "

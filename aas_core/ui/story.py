@@ -17,7 +17,6 @@ import gradio as gr
 from aas_core.depth import DEFAULT_ESTIMATOR, ESTIMATORS
 from aas_core.errors import InputError
 from aas_core.generate import BACKENDS, PRESETS
-from aas_core.library import fetch_hit
 from aas_core.limits import MAX_CAPTION_CHARS, MAX_PROMPT_CHARS, MAX_QUERY_CHARS, MAX_TITLE_CHARS
 from aas_core.stitch import TRANSITIONS
 from aas_core.story.schema import MAX_SHOTS
@@ -27,6 +26,7 @@ from aas_core.ui.common import (
     AUDIO_TYPES,
     GENERATION_MODELS,
     UIContext,
+    fetch_web_clip,
     files_of,
     hit_details,
     missing_weights,
@@ -354,7 +354,7 @@ def pick_candidate(ctx: UIContext, hits: list, board: Any, shot_id: str, evt: gr
     hit = hits[evt.index]
     session = ctx.session(request)
     if hit.get("url"):  # a web clip: downloaded once into the visitor's library, then used like a library clip
-        got = fetch_hit({"path": hit["url"], "start": hit["start"], "end": hit["end"], "remote": True}, session.library)
+        got = fetch_web_clip(ctx, session, {"path": hit["url"], "start": hit["start"], "end": hit["end"], "remote": True})
         hit = {**hit, "name": ctx.show(session, ctx.resolve(session, got["path"])), "start": got["start"], "end": got["end"],
                "thumbnail": None}
     thumb = ctx.show(session, hit["thumbnail"]) if hit.get("thumbnail") else None
