@@ -33,3 +33,17 @@ def test_private_free_noise_calls_are_fenced_to_the_checked_diffusers():
     from aas_core.generate import run
 
     assert run._PRIVATE_FREE_NOISE == version("diffusers").startswith("0.42.")
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_aas_core_makes_idle_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    """Spinning OpenMP threads took the library reader's core (README, indexing figures); an explicit setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import os, aas_core, torch; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads() > 0)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == [expected, "True"]
