@@ -315,18 +315,14 @@ class VectorSegment:
         """
         offset = cast(np.memmap, self.vectors).offset + start * self.vectors.strides[0]
         out = np.empty((max(min(stop, len(self.ids)) - start, 0), self.vectors.shape[1]), np.float16)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            view, done = out.data.cast("B"), 0
-            while done < len(view):
-                got = os.preadv(fd, [view[done:]], offset + done)
-                if got == 0:
-                    raise InputError(f"{self.path} is shorter than its header says: the library is damaged; rebuild it with: python -m aas_core library index FOLDER --reindex")
-                done += got
+        view = out.data.cast("B")
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            if fh.readinto(view) != len(view):  # a buffered reader fills the view unless the file ends first
+                raise InputError(f"{self.path} is shorter than its header says: the library is damaged; "
+                                 "rebuild it with: python -m aas_core library index FOLDER --reindex")
             if once and hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, offset, len(view), os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+                os.posix_fadvise(fh.fileno(), offset, len(view), os.POSIX_FADV_DONTNEED)
         return out
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
