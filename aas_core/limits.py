@@ -6,9 +6,16 @@ them, so the CLI, the Python API and the app refuse the same inputs with the sam
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Any
 
 from aas_core.errors import InputError
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a finite int or float (numpy scalars too); False for bools, text, None, NaN and infinities."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 MAX_PROMPT_CHARS = 2000
 """CLIP reads 77 tokens (~300 characters); 2000 leaves room for long-prompt encoders and weighting syntax."""

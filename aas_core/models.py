@@ -5,7 +5,7 @@ from the model folder) the table frees the oldest models on the same device unti
 the memory budget. One copy per weights: a model (name, folder, device) is resident in one form
 (dtype or variant) at a time, so training and generation never hold SD1.5 twice.
 
-    key = ModelKey("depth-anything-v2-small", str(folder), "cuda", "float16")
+    key = ModelKey("depth-anything-v2-small", str(folder), runtime.device, runtime.dtype_name)
     model = models.get(key, lambda: build(folder))
 """
 

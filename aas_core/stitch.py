@@ -7,7 +7,6 @@ when the system has it, else Pillow's built-in scalable font, so no font downloa
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import textwrap
@@ -19,7 +18,7 @@ import numpy as np
 
 from aas_core.errors import InputError
 from aas_core.fsutil import atomic_path
-from aas_core.limits import MAX_CAPTION_CHARS, MAX_TITLE_CHARS, check_text
+from aas_core.limits import MAX_CAPTION_CHARS, MAX_TITLE_CHARS, check_text, is_finite_number
 from aas_core.progress import CancelToken, ProgressFn, report
 
 if TYPE_CHECKING:
@@ -260,23 +259,19 @@ class _ShotFrames:
         return clip
 
 
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_inputs(shots: Sequence[StitchShot], settings: StitchSettings) -> None:
     """Refuse what `stitch` cannot assemble (no shots, a bad fps or transition, a missing file, text too long)."""
     if not shots:
         raise InputError("nothing to stitch: no finished shots; run the story first")
-    if not _finite_number(settings.fps) or settings.fps <= 0:
+    if not is_finite_number(settings.fps) or settings.fps <= 0:
         raise InputError(f"fps must be a positive number, got {settings.fps!r}")
     for name in ("title_duration", "music_start", "music_volume", "music_fade_out"):
-        if not _finite_number(getattr(settings, name)) or getattr(settings, name) < 0:
+        if not is_finite_number(getattr(settings, name)) or getattr(settings, name) < 0:
             raise InputError(f"{name} must be a number of 0 or more, got {getattr(settings, name)!r}")
     for i, shot in enumerate(shots):
         if shot.transition not in TRANSITIONS:
             raise InputError(f"unknown transition {shot.transition!r}; choose one of {', '.join(TRANSITIONS)}")
-        if not _finite_number(shot.transition_duration) or shot.transition_duration < 0:
+        if not is_finite_number(shot.transition_duration) or shot.transition_duration < 0:
             raise InputError(f"transition duration of shot {i + 1} must be a number of seconds, 0 or more; got {shot.transition_duration!r}")
         if not Path(shot.path).is_file():
             raise InputError(f"shot video {shot.path} is missing; run the story again to regenerate it")

@@ -229,7 +229,7 @@ def _real_size_clip(work: Path) -> Path:
     return work / "weights"
 
 
-def bench_indexing(clips: Path, engines: list[str], rounds: int = 4) -> list[dict]:
+def bench_indexing(clips: Path, engines: list[str], rounds: int) -> list[dict]:
     """Indexing frames/s end to end (in process; Ray with 1 and 2 workers) vs the embedder alone on the same frames."""
     import torch
 
@@ -284,6 +284,8 @@ def main() -> None:
     parser.add_argument("--load-only", action="store_true", help="only stream the shots in (with --keep: build once, measure later)")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, got {args.rounds}")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one_size:
         print(json.dumps(bench_one_size(args.one_size, args.memory_budget, args.work, args.keep, args.load_only)), flush=True)

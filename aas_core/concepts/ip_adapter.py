@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, get_args
 
 from aas_core.errors import InputError
+from aas_core.limits import is_finite_number
 
 if TYPE_CHECKING:
     import torch
@@ -39,9 +40,7 @@ EMBED_KEYS = ("image_embeds", "hidden", "uncond_hidden")
 
 def check_ip_scale(value: Any, field_name: str = "ip_scale") -> float:
     """A valid IP-Adapter scale (0..2) as float, else an InputError saying the range."""
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 2.0:
+    if not is_finite_number(value) or not 0.0 <= value <= 2.0:
         raise InputError(f"{field_name} must be a number between 0 and 2 (0.5-0.7 is typical), got {value!r}")
     return float(value)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
@@ -11,7 +10,7 @@ import numpy as np
 
 from aas_core.errors import InputError
 from aas_core.generate.presets import PRESET_TABLE, PRESETS, Preset, check_preset, default_preset
-from aas_core.limits import MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, check_text
+from aas_core.limits import MAX_NEGATIVE_PROMPT_CHARS, MAX_PROMPT_CHARS, check_text, is_finite_number
 from aas_core.registry import BACKEND_MODELS
 
 Backend = Literal["animatediff", "vace"]
@@ -180,7 +179,7 @@ def _int(name: str, value: Any) -> int:
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise InputError(f"{name} must be a number, got {value!r}")
     if not low <= float(value) <= high:
         raise InputError(f"{name} must be between {low:g} and {high:g}, got {value}")

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from aas_core.errors import InputError
+from aas_core.limits import is_finite_number
 from aas_core.video_io import VIDEO_EXTENSIONS, VideoInfo, frame_to_rgb, iter_av_frames, probe
 
 DETECT_WIDTH = 160
@@ -40,21 +41,18 @@ class ReaderSettings:
 
     def validate(self) -> "ReaderSettings":
         """Return self, or raise InputError naming the bad setting and its allowed range."""
-        def finite(x: float) -> bool:
-            return isinstance(x, (int, float)) and math.isfinite(x)
-
-        if not finite(self.sample_fps) or not 0 < self.sample_fps <= MAX_SAMPLE_FPS:
+        if not is_finite_number(self.sample_fps) or not 0 < self.sample_fps <= MAX_SAMPLE_FPS:
             raise InputError(f"--sample-fps must be above 0 and at most {MAX_SAMPLE_FPS:g} frames per second, got {self.sample_fps}")
-        if not finite(self.max_shot_seconds) or self.max_shot_seconds <= 0:
+        if not is_finite_number(self.max_shot_seconds) or self.max_shot_seconds <= 0:
             raise InputError(f"--max-shot must be a positive number of seconds, got {self.max_shot_seconds}")
-        if not finite(self.min_shot_seconds) or not 0 <= self.min_shot_seconds <= self.max_shot_seconds:
+        if not is_finite_number(self.min_shot_seconds) or not 0 <= self.min_shot_seconds <= self.max_shot_seconds:
             raise InputError(f"the minimum shot length must be between 0 and --max-shot ({self.max_shot_seconds}) seconds, got {self.min_shot_seconds}")
         if self.sample_fps * self.max_shot_seconds > MAX_SAMPLES_PER_SHOT:
             raise InputError(
                 f"--sample-fps {self.sample_fps:g} x --max-shot {self.max_shot_seconds:g} samples {self.sample_fps * self.max_shot_seconds:g} "
                 f"frames per shot; keep it at most {MAX_SAMPLES_PER_SHOT} (lower one of them)"
             )
-        if not finite(self.cut_threshold) or self.cut_threshold <= 0:
+        if not is_finite_number(self.cut_threshold) or self.cut_threshold <= 0:
             raise InputError(f"the cut threshold must be a positive number, got {self.cut_threshold}")
         if self.crop_size < 8 or self.thumb_width < 8:
             raise InputError(f"crop size and thumbnail width must be at least 8 pixels, got {self.crop_size} and {self.thumb_width}")

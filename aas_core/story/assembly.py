@@ -7,7 +7,6 @@ takes (the app's picks) and records exactly them in run.json, so `assemble(dir)`
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from aas_core.errors import InputError
 from aas_core.fsutil import exclusive
+from aas_core.limits import is_finite_number
 from aas_core.progress import CancelToken, ProgressFn
 from aas_core.story.outcome import (
     RUN_LOCK,
@@ -115,7 +115,7 @@ def check_takes(takes: Sequence[Take], fps: Optional[float] = None) -> list["Vid
 
     if not takes:
         raise InputError("nothing to stitch: pick a take of at least one shot")
-    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
+    if fps is not None and not (is_finite_number(fps) and fps > 0):
         raise InputError(f"fps must be a positive number, got {fps!r}")
     seen: dict[str, int] = {}
     for take in takes:

@@ -258,13 +258,11 @@ def fetch_web_clip(ctx: UIContext, session: Session, hit: dict[str, Any]) -> dic
     from aas_core.library.captions import RemoteTooLargeError, cached_path, url_name
     from aas_core.limits import MAX_REMOTE_CLIP_BYTES
 
-    if not ctx.config.multi_user or not hit.get("remote"):
-        return fetch_hit(hit, session.library)
-    target = cached_path(str(hit["path"]), session.library)
-    if target.is_file():
-        return fetch_hit(hit, session.library)
+    target = cached_path(str(hit["path"]), session.library) if hit.get("remote") else None
+    if not ctx.config.multi_user or target is None or target.is_file():
+        return fetch_hit(hit, session.library)  # a local clip, one already downloaded, or no quota to count
     quota = ctx.config.quota_mb * 1_000_000
-    allowance = session.download_allowance(quota, ctx.config.quota_files) or quota
+    allowance = session.download_allowance(quota, ctx.config.quota_files)
     try:
         got = fetch_hit(hit, session.library, max_bytes=min(MAX_REMOTE_CLIP_BYTES, allowance))
     except RemoteTooLargeError:

@@ -104,15 +104,15 @@ class Session:
         self.uploaded_files += len(sources)
         return out
 
-    def download_allowance(self, quota_bytes: Optional[int], quota_files: Optional[int]) -> Optional[int]:
-        """Bytes one more web clip download may take within the visitor's quota (None: no quota); InputError when used up."""
-        if quota_files is not None and self.uploaded_files + 1 > quota_files:
+    def download_allowance(self, quota_bytes: int, quota_files: int) -> int:
+        """Bytes one more web clip download may take within the visitor's quota; InputError when it is used up."""
+        if self.uploaded_files + 1 > quota_files:
             raise InputError(f"downloading this web clip would pass your limit of {quota_files} files ({self.uploaded_files} used); "
                              "reload the page to start a fresh session")
-        if quota_bytes is not None and self.uploaded_bytes >= quota_bytes:
+        if self.uploaded_bytes >= quota_bytes:
             raise InputError(f"your limit of {quota_bytes / 1e6:.0f} MB for uploads and downloaded web clips is used up; "
                              "reload the page to start a fresh session")
-        return None if quota_bytes is None else quota_bytes - self.uploaded_bytes
+        return quota_bytes - self.uploaded_bytes
 
     def count_download(self, size: int) -> None:
         """A web clip downloaded into this visitor's library counts like an upload."""
